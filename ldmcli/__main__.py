@@ -1,0 +1,3 @@
+from ldmcli.cli.main import run
+
+run()

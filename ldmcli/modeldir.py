@@ -1,0 +1,48 @@
+"""Model dirs: config.json (kind + format version) and safetensors weights, nothing unpickled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from ldmcli.config import load_config, save_config
+from ldmcli.errors import UserError
+
+
+def save_model_dir(out_dir: Path, kind: str, config: Any, model: nn.Module, ema: nn.Module | None = None) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.json", kind)
+    save_model(model, str(out_dir / "model.safetensors"))
+    if ema is not None:
+        save_model(ema, str(out_dir / "ema.safetensors"))
+    return out_dir
+
+
+def read_model_config(model_dir: Path, cls: type, kind: str) -> Any:
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UserError(f"model dir not found: {model_dir}")
+    return load_config(cls, model_dir / "config.json", kind)
+
+
+def load_weights(model: nn.Module, model_dir: Path, use_ema: bool = True, device: str = "cpu") -> str:
+    """Load ema.safetensors when present and wanted, else model.safetensors; return the file used."""
+    model_dir = Path(model_dir)
+    path = model_dir / "ema.safetensors"
+    if not (use_ema and path.is_file()):
+        path = model_dir / "model.safetensors"
+    if not path.is_file():
+        raise UserError(f"no weights in {model_dir} (expected model.safetensors)")
+    try:
+        load_model(model, str(path), strict=True, device=device)
+    except SafetensorError as err:
+        raise UserError(f"{path} is not a safetensors file: {err}") from None
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0][:300]
+        raise UserError(f"{path} does not match the model in its config.json: {first}") from None
+    return path.name
