@@ -1,0 +1,1 @@
+"""Data sets, shard writing and shard reading."""
