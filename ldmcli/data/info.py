@@ -1,0 +1,143 @@
+"""Summaries of a shard set: what is in it and a contact sheet to look at, read with plain tarfile."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import math
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from ldmcli.errors import UserError
+
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+
+
+def resolve_shards(spec: str) -> list[Path]:
+    """A folder (its *.tar), one .tar file, or a glob pattern -> sorted shard paths."""
+    path = Path(spec)
+    if path.is_dir():
+        shards = sorted(path.glob("*.tar"))
+        if not shards:
+            raise UserError(f"no .tar shards in {spec}")
+        return shards
+    if path.is_file():
+        return [path]
+    if glob.has_magic(spec):
+        shards = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        if not shards:
+            raise UserError(f"no shards match {spec}")
+        return shards
+    raise UserError(f"{spec} does not exist")
+
+
+def iter_samples(shards: list[Path]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {suffix: bytes}) per sample, grouping consecutive members as WebDataset does."""
+    for shard in shards:
+        try:
+            tar = tarfile.open(shard, "r|*")
+        except (tarfile.TarError, OSError) as err:
+            raise UserError(f"{shard} is not a readable tar file: {err}") from None
+        with tar:
+            key, sample = None, {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = member.name.rsplit("/", 1)[-1]
+                prefix = member.name[: len(member.name) - len(base)]
+                stem, _, suffix = base.partition(".")
+                if prefix + stem != key:
+                    if sample:
+                        yield key, sample
+                    key, sample = prefix + stem, {}
+                sample[suffix] = tar.extractfile(member).read()
+            if sample:
+                yield key, sample
+
+
+@dataclass
+class ShardInfo:
+    shards: int = 0
+    samples: int = 0
+    keys: Counter = field(default_factory=Counter)
+    sizes: Counter = field(default_factory=Counter)
+    classes: Counter = field(default_factory=Counter)
+    captions: list[str] = field(default_factory=list)
+    bad_images: int = 0
+    thumbs: list[Image.Image] = field(default_factory=list)
+
+
+def _image_bytes(sample: dict[str, bytes]) -> bytes | None:
+    for key in IMAGE_KEYS:
+        if key in sample:
+            return sample[key]
+    return None
+
+
+def summarize(shards: list[Path], n_captions: int = 5, n_thumbs: int = 64) -> ShardInfo:
+    """Count samples and keys; histogram image sizes and classes; keep a few captions and thumbnails."""
+    info = ShardInfo(shards=len(shards))
+    for _, sample in iter_samples(shards):
+        info.samples += 1
+        info.keys.update(sample.keys())
+        if "cls" in sample:
+            info.classes[sample["cls"].decode("utf-8", "replace").strip()] += 1
+        if "txt" in sample and len(info.captions) < n_captions:
+            info.captions.append(sample["txt"].decode("utf-8", "replace"))
+        data = _image_bytes(sample)
+        if data is None:
+            continue
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                info.sizes[f"{img.width}x{img.height}"] += 1
+                if len(info.thumbs) < n_thumbs:
+                    thumb = img.convert("RGB")
+                    thumb.thumbnail((128, 128), Image.Resampling.LANCZOS)
+                    info.thumbs.append(thumb)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            info.bad_images += 1
+    return info
+
+
+def contact_sheet(images: list[Image.Image], columns: int = 8, tile: int | None = None, gap: int = 2) -> Image.Image:
+    """Images in a grid of `columns`, each fitted into a square tile (default: their largest side, 32..128)."""
+    if not images:
+        raise ValueError("no images for a contact sheet")
+    tile = tile or max(32, min(128, max(max(im.size) for im in images)))
+    columns = min(columns, len(images))
+    rows = math.ceil(len(images) / columns)
+    sheet = Image.new("RGB", (columns * (tile + gap) + gap, rows * (tile + gap) + gap), (255, 255, 255))
+    for i, img in enumerate(images):
+        thumb = img.copy()
+        scale = tile / max(thumb.size)
+        thumb = thumb.resize((max(1, round(thumb.width * scale)), max(1, round(thumb.height * scale))), Image.Resampling.LANCZOS)
+        x = gap + (i % columns) * (tile + gap) + (tile - thumb.width) // 2
+        y = gap + (i // columns) * (tile + gap) + (tile - thumb.height) // 2
+        sheet.paste(thumb, (x, y))
+    return sheet
+
+
+def sorted_classes(classes: Counter) -> list[tuple[str, int]]:
+    """Class labels with counts, numeric labels in numeric order."""
+    def order(item: tuple[str, int]) -> tuple:
+        label = item[0]
+        return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)
+
+    return sorted(classes.items(), key=order)
+
+
+def build_info(folder: Path) -> dict | None:
+    """The `info.json` that `ldm data build` wrote beside the shards, if any."""
+    path = folder / "info.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
