@@ -1,0 +1,1 @@
+"""The diffusion stage: noise schedules, parametrisations, the UNet, conditioners, objective, samplers."""
