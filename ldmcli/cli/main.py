@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from typer.core import TyperGroup
 
 from ldmcli import __version__
+from ldmcli.errors import UserError
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(TyperGroup):
+    """Every error a user can cause ends as one line and a non-zero exit, never a traceback or a panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except UserError as err:
+            _fail(str(err), 2)
+        except Exception as err:
+            if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
+                raise
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            _fail(err.format_message() + hint, err.exit_code)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(
     name="ldm",
+    cls=_Group,
     help="Train and run Latent Diffusion Models end to end.\n\n"
     "Example: ldm data build shapes --out data/shapes && ldm data info data/shapes",
     no_args_is_help=True,

@@ -1,0 +1,39 @@
+import typer
+from conftest import run_cli, run_ldm
+
+from ldmcli import __version__
+from ldmcli.cli.main import app
+
+
+def test_version():
+    assert run_cli("--version").output.strip() == f"ldm {__version__}"
+
+
+def _command_paths(command, prefix=()):
+    subs = getattr(command, "commands", None)
+    if not subs:
+        return [list(prefix)]
+    return [p for name, sub in subs.items() for p in _command_paths(sub, (*prefix, name))]
+
+
+def test_every_command_has_help_with_an_example():
+    names = _command_paths(typer.main.get_command(app))
+    assert ["train-classifier"] in names and ["data", "build"] in names
+    for name in names:
+        result = run_cli(*name, "--help")
+        assert result.exit_code == 0, name
+        assert "Example" in result.output, name
+
+
+def test_bad_option_is_one_line_and_exit_2():
+    result = run_ldm("train-classifier", "--no-such-option")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path):
+    result = run_ldm("train-classifier", str(tmp_path / "missing.tar"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "missing.tar" in lines[0]
