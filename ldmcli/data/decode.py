@@ -1,0 +1,150 @@
+"""Turn one raw WebDataset sample (bytes per extension) into tensors, or say why it cannot be used.
+
+Every image becomes 3-channel RGB whatever the file held (grey, palette, alpha, 16-bit, CMYK), so that
+models never see a mode they were not built for. Anything that fails to decode raises CorruptSample,
+which the reader counts and skips: one bad file must never end a week-long run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ldmcli.errors import UserError
+
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+MAX_PIXELS = 10**8
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+class CorruptSample(Exception):
+    """A sample that cannot be used; the reader skips it and counts it."""
+
+
+def has_key(raw: Mapping, name: str) -> bool:
+    """Whether a raw sample carries `name`, where "image" means any image extension and "latent" the npy."""
+    if name == "image":
+        return any(k in raw for k in IMAGE_KEYS)
+    if name == "latent":
+        return "latent.npy" in raw
+    return name in raw
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB; 16-bit data is scaled (not clipped) and transparency is composited on white."""
+    if im.mode in _SIXTEEN_BIT:
+        wide = np.asarray(im).astype(np.float32)
+        im = Image.fromarray(np.clip(wide * (255 / 65535) + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in _ALPHA or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def open_image(data: bytes, size: int | None = None) -> Image.Image:
+    """Decode bytes to an upright RGB image, refusing declared sizes that would exhaust memory."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(io.BytesIO(data))
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        raise CorruptSample(f"image declares {width}x{height} pixels, over the limit of {MAX_PIXELS}")
+    if size is not None and im.format == "JPEG":
+        im.draft(None, (size, size))
+    ImageOps.exif_transpose(im, in_place=True)
+    return to_rgb(im)
+
+
+def resize_crop(im: Image.Image, size: int, crop: str, rng: random.Random) -> Image.Image:
+    """Shorter side to `size` (antialiased), then a `size`x`size` random or centre crop."""
+    width, height = im.size
+    scale = size / min(width, height)
+    if scale != 1:
+        target = (max(size, round(width * scale)), max(size, round(height * scale)))
+        im = im.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        width, height = im.size
+    if crop == "random":
+        left, top = rng.randint(0, width - size), rng.randint(0, height - size)
+    else:
+        left, top = (width - size) // 2, (height - size) // 2
+    if (width, height) != (size, size):
+        im = im.crop((left, top, left + size, top + size))
+    return im
+
+
+def decode_image(data: bytes, *, size: int | None, crop: str, flip: bool, rng: random.Random) -> torch.Tensor:
+    """uint8 tensor 3xHxW; the float conversion happens once per batch in collate."""
+    im = open_image(data, size)
+    if size is not None:
+        im = resize_crop(im, size, crop, rng)
+    if flip and rng.random() < 0.5:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+def decode_latent(data: bytes) -> torch.Tensor:
+    array = np.load(io.BytesIO(data), allow_pickle=False)
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+        raise CorruptSample("latent.npy does not hold a numeric array")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def decode_sample(
+    raw: Mapping,
+    *,
+    size: int | None,
+    crop: str = "center",
+    flip: bool = False,
+    rng: random.Random | None = None,
+    required: Sequence[str] = (),
+) -> dict:
+    """Decode the fields the models use; raise CorruptSample for a missing required key or bad bytes."""
+    missing = [name for name in required if not has_key(raw, name)]
+    if missing:
+        raise CorruptSample(f"missing {', '.join(missing)}")
+    rng = rng or random.Random(0)
+    out: dict = {"__key__": str(raw.get("__key__", ""))}
+    try:
+        image_key = next((k for k in IMAGE_KEYS if k in raw), None)
+        if image_key is not None:
+            out["image"] = decode_image(raw[image_key], size=size, crop=crop, flip=flip, rng=rng)
+        if "latent.npy" in raw:
+            out["latent"] = decode_latent(raw["latent.npy"])
+        out["txt"] = raw["txt"].decode("utf-8", errors="replace") if "txt" in raw else ""
+        out["cls"] = int(raw["cls"].decode("ascii").strip()) if "cls" in raw else -1
+        out["json"] = json.loads(raw["json"]) if "json" in raw else {}
+    except CorruptSample:
+        raise
+    except Exception as exn:
+        raise CorruptSample(f"{type(exn).__name__}: {exn}") from None
+    return out
+
+
+def collate(samples: Sequence[dict]) -> dict:
+    """Stack decoded samples into a batch; "image"/"latent" appear when every sample has one."""
+    batch: dict = {
+        "__key__": [s["__key__"] for s in samples],
+        "txt": [s["txt"] for s in samples],
+        "cls": torch.tensor([s["cls"] for s in samples], dtype=torch.long),
+        "json": [s["json"] for s in samples],
+    }
+    for name in ("image", "latent"):
+        if not all(name in s for s in samples):
+            continue
+        shapes = sorted({tuple(s[name].shape) for s in samples})
+        if len(shapes) > 1:
+            hint = "; give the reader a size" if name == "image" else ""
+            raise UserError(f"samples in one batch differ in {name} shape {shapes}{hint}")
+        batch[name] = torch.stack([s[name] for s in samples])
+    if "image" in batch:
+        batch["image"] = batch["image"].to(torch.float32).div_(127.5).sub_(1.0)
+    return batch
