@@ -33,7 +33,11 @@ class ClassifierRecipe:
 
 
 class Classifier(nn.Module):
-    """Conv stages (conv-GN-SiLU x2, stride-2 between stages) -> global mean pool -> linear."""
+    """Conv stages (conv-BN-SiLU x2, stride 2 between stages) -> global mean pool -> linear.
+
+    BatchNorm rather than GroupNorm: per-sample normalisation of each channel before the global pool
+    erases the channel means that carry the class, and small models then barely learn.
+    """
 
     def __init__(self, cfg: ClassifierModelConfig):
         super().__init__()
@@ -42,10 +46,10 @@ class Classifier(nn.Module):
             c = cfg.channels * 2**i
             layers += [
                 nn.Conv2d(c_in, c, 3, stride=1 if i == 0 else 2, padding=1),
-                nn.GroupNorm(min(8, c), c),
+                nn.BatchNorm2d(c),
                 nn.SiLU(),
                 nn.Conv2d(c, c, 3, padding=1),
-                nn.GroupNorm(min(8, c), c),
+                nn.BatchNorm2d(c),
                 nn.SiLU(),
             ]
             c_in = c
