@@ -1,40 +1,27 @@
 """How many training images per second the shard reader delivers, in the main process and with workers.
 
-Builds random-ish 64x64 PNG shards in a temp dir (or reads `--shards`), then times TrainStream after a
+Builds the built-in photos at 64x64 in a temp dir (or reads `--shards`), then times TrainStream after a
 warm-up that fills the shuffle buffers. Prints `name: value` lines last; never asserts on time.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import webdataset as wds
-from PIL import Image
-
+from ldmcli.data.builtin import builtin_samples
 from ldmcli.data.reader import TrainStream
+from ldmcli.data.shards import write_shards
 
 
-def build_shards(out: Path, samples: int, shards: int, size: int) -> str:
-    """Smooth gradients plus noise: compresses like photos rather than like pure noise or flat colour."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    per_shard = -(-samples // shards)
-    for s in range(shards):
-        with wds.TarWriter(str(out / f"bench-{s:06d}.tar")) as sink:
-            for i in range(s * per_shard, min(samples, (s + 1) * per_shard)):
-                a, b, c = rng.uniform(0, 255, 3)
-                base = np.stack([a * xx, b * yy, c * (1 - xx) * yy], -1)
-                pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-                buf = io.BytesIO()
-                Image.fromarray(pixels).save(buf, "PNG")
-                sink.write({"__key__": f"{i:06d}", "png": buf.getvalue(), "cls": str(i % 10)})
-    return str(out / f"bench-{{000000..{shards - 1:06d}}}.tar")
+def build_shards(out: Path, samples: int, size: int) -> str:
+    """The built-in photos at `size`, as `ldm data build photos` writes them."""
+    items, _, _ = builtin_samples("photos", size=size, count=samples, seed=0)
+    stats = write_shards(items, out, "photos", shard_size=-(-samples // 4))
+    return str(out / f"photos-{{000000..{len(stats.shards) - 1:06d}}}.tar")
 
 
 def measure(shards: str, workers: int, batch: int, size: int, seconds: float, warmup: int) -> float:
@@ -61,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        shards = args.shards or build_shards(Path(tmp), args.samples, 4, args.size)
+        shards = args.shards or build_shards(Path(tmp), args.samples, args.size)
         figures = {
             f"reader_img_per_s_workers{w}": round(measure(shards, w, args.batch, args.size, args.seconds, args.warmup), 1)
             for w in args.workers

@@ -37,3 +37,14 @@ def test_user_error_is_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in result.stderr
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "missing.tar" in lines[0]
+
+
+def test_info_reports_device_and_optional_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth").write_bytes(b"x")
+    result = run_cli("info")
+    assert result.exit_code == 0
+    assert "torch" in result.output and "bf16 autocast" in result.output
+    assert "found vgg16-397923af.pth" in result.output
+    assert "missing alexnet-owt-7be5be79.pth" in result.output

@@ -61,9 +61,10 @@ def _root(
 
 
 def _register() -> None:
-    from ldmcli.cli import data, train_classifier
+    from ldmcli.cli import data, info, train_classifier
 
     app.add_typer(data.app, name="data")
+    app.command("info")(info.info)
     app.command("train-classifier")(train_classifier.train_classifier)
 
 
