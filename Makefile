@@ -16,6 +16,13 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
+demo: install
+	$(BIN)/ldm data build digits --out runs/demo/data/digits
+	$(BIN)/ldm data build digits --split val --out runs/demo/data/digits-val
+	$(BIN)/ldm data build shapes --out runs/demo/data/shapes --count 2000
+	$(BIN)/ldm data info runs/demo/data/shapes
+	$(BIN)/ldm train-classifier runs/demo/data/digits --recipe recipes/classifier-digits.toml --out runs/demo/classifier
+
 bench: install
 	$(BIN)/python bench/data_throughput.py
 
