@@ -96,6 +96,8 @@ def train(
     """Run `task` until cfg.steps, checkpointing into run_dir; returns where it stopped."""
     run_dir = Path(run_dir)
     ckpt_root = run_dir / "checkpoints"
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     phases = task.phases()
     base_trainable = {n: {pn: p.requires_grad for pn, p in m.named_parameters()} for n, m in task.models.items()}
     wrapped = _prepare_modules(task, cfg, env)
