@@ -1,0 +1,49 @@
+"""The diffusion recipe: every section a typed dataclass, saved resolved into run and model dirs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ldmcli.config import DataConfig, TrainConfig
+from ldmcli.diffusion.conditioning import ConditionerConfig
+from ldmcli.diffusion.objective import ObjectiveConfig
+from ldmcli.diffusion.schedule import ScheduleConfig
+from ldmcli.diffusion.unet import UNetConfig
+
+KIND = "diffusion"
+RUN_KIND = "diffusion-run"
+
+
+@dataclass
+class FirstStageConfig:
+    """autoencoder: its model dir ("" = pixel space, the paper's LDM-1). scale_factor 0 = from the
+    latent shards' stats.json (or measured on the fly with --ae); channels/size 0 = filled in at start."""
+
+    autoencoder: str = ""
+    scale_factor: float = 0.0
+    channels: int = 0
+    size: int = 0
+
+
+@dataclass
+class PreviewConfig:
+    """Image grids during training: fixed prompts or classes and a fixed seed, so progress is visible."""
+
+    n: int = 16
+    steps: int = 25
+    guidance: float = 3.0
+    seed: int = 0
+    prompts: list[str] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class DiffusionRecipe:
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(size=32))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, ema_decay=0.9999))

@@ -1,0 +1,123 @@
+"""Build a diffusion model from its recipe, guide it, save it to and load it from a model dir.
+
+A model dir holds config.json (the resolved DiffusionRecipe), model.safetensors (+ ema.safetensors)
+with the UNet and any trained conditioner under "unet." and "cond.", and names its autoencoder dir
+relative to itself. A frozen OpenCLIP tower is not copied: the config names its weights file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ldmcli.diffusion.conditioning import build_conditioner, context_dim
+from ldmcli.diffusion.config import KIND, DiffusionRecipe
+from ldmcli.diffusion.first_stage import load_first_stage
+from ldmcli.diffusion.schedule import alphas_cumprod
+from ldmcli.diffusion.unet import UNet
+from ldmcli.errors import UserError
+from ldmcli.modeldir import load_weights, read_model_config, save_model_dir
+
+
+def resolve(recipe: DiffusionRecipe, channels: int, size: int) -> DiffusionRecipe:
+    """Fill in what the recipe leaves to the data: latent channels and size, context width."""
+    fs = dataclasses.replace(recipe.first_stage, channels=channels, size=size)
+    width = context_dim(recipe.conditioner)
+    unet = recipe.unet
+    if unet.context_dim and width and unet.context_dim != width:
+        raise UserError(f"unet.context_dim = {unet.context_dim} but the {recipe.conditioner.kind} conditioner gives {width}-wide tokens")
+    if width and unet.attention == "plain":
+        raise UserError("a conditioner with context tokens needs unet.attention = 'transformer'")
+    unet = dataclasses.replace(unet, in_channels=unet.in_channels or channels, out_channels=unet.out_channels or channels, context_dim=width)
+    if size % (2 ** (len(unet.channel_mult) - 1)):
+        raise UserError(f"latent size {size} is not a multiple of 2^{len(unet.channel_mult) - 1} (unet.channel_mult has {len(unet.channel_mult)} levels)")
+    return dataclasses.replace(recipe, first_stage=fs, unet=unet)
+
+
+def trainable(cond: nn.Module) -> bool:
+    return any(p.requires_grad for p in cond.parameters())
+
+
+def build(recipe: DiffusionRecipe) -> tuple[UNet, nn.Module]:
+    """UNet and conditioner of a resolved recipe (random weights; a frozen CLIP tower loads its file)."""
+    unet = UNet(recipe.unet)
+    return unet, build_conditioner(recipe.conditioner, unet.time_embed_dim)
+
+
+def weights_module(unet: UNet, cond: nn.Module) -> nn.Module:
+    """What model.safetensors holds: the UNet, and the conditioner when it is trained."""
+    return nn.ModuleDict({"unet": unet, "cond": cond} if trainable(cond) else {"unet": unet})
+
+
+def encode_pair(cond: nn.Module, inputs, guidance: float) -> dict:
+    """Conditioner outputs for a batch; with guidance != 1 the unconditional half is appended."""
+    enc = cond(inputs)
+    if guidance == 1.0 or cond.key is None:
+        return enc
+    null = cond(cond.null(len(inputs)))
+    return {k: torch.cat([v, null[k]]) for k, v in enc.items()}
+
+
+def make_denoiser(unet: UNet, enc: dict, guidance: float = 1.0):
+    """denoise(x, t) for the samplers; classifier-free guidance in one doubled batch:
+    out = uncond + guidance * (cond - uncond)."""
+    n_enc = next(iter(enc.values())).shape[0] if enc else 0
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if n_enc != 2 * x.shape[0]:
+            return unet(x, t, **enc)
+        out = unet(torch.cat([x, x]), torch.cat([t, t]), **enc)
+        c, u = out.float().chunk(2)
+        return u + guidance * (c - u)
+
+    return denoise
+
+
+def save(out_dir: Path, recipe: DiffusionRecipe, unet: UNet, cond: nn.Module, ema: dict[str, nn.Module]) -> Path:
+    ae = recipe.first_stage.autoencoder
+    if ae:
+        ae = os.path.relpath(Path(ae).resolve(), Path(out_dir).resolve())
+    saved = dataclasses.replace(recipe, first_stage=dataclasses.replace(recipe.first_stage, autoencoder=ae))
+    ema_module = weights_module(ema["unet"], ema.get("cond", cond)) if "unet" in ema else None
+    return save_model_dir(out_dir, KIND, saved, weights_module(unet, cond), ema_module)
+
+
+@dataclass
+class DiffusionModel:
+    """Everything a sampler needs, loaded from a model dir."""
+
+    recipe: DiffusionRecipe
+    unet: UNet
+    cond: nn.Module
+    first_stage: nn.Module
+    alphas_cumprod: torch.Tensor
+
+    @property
+    def prediction(self) -> str:
+        return self.recipe.schedule.prediction
+
+    @property
+    def scale_factor(self) -> float:
+        return self.recipe.first_stage.scale_factor
+
+
+def load(model_dir: Path | str, device: torch.device | str = "cpu", use_ema: bool = True) -> DiffusionModel:
+    model_dir = Path(model_dir)
+    recipe = read_model_config(model_dir, DiffusionRecipe, KIND)
+    unet, cond = build(recipe)
+    load_weights(weights_module(unet, cond), model_dir, use_ema=use_ema)
+    ae = recipe.first_stage.autoencoder
+    if ae and not Path(ae).is_absolute():
+        ae = str((model_dir / ae).resolve())
+    if ae and not Path(ae).is_dir():
+        raise UserError(f"{model_dir} names autoencoder dir '{recipe.first_stage.autoencoder}', which is not there ({ae})")
+    first_stage = load_first_stage(ae, device)
+    unet.to(device).eval().requires_grad_(False)
+    cond.to(device).eval().requires_grad_(False)
+    return DiffusionModel(recipe, unet, cond, first_stage, alphas_cumprod(recipe.schedule))
+
