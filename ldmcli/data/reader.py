@@ -175,7 +175,10 @@ class TrainStream:
 
     def __iter__(self) -> Iterator[dict]:
         dataset = _TrainDataset(self.spec, [list(p) for p in self.positions], self.batches % self.streams)
-        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
+        # An own generator: DataLoader would otherwise draw its worker seed from the global RNG, which
+        # the training step also uses (noise, dropout), and a resumed run would drift from the original.
+        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            generator=torch.Generator().manual_seed(0))
         for batch in loader:
             _raise_error(batch)
             stream, epoch, consumed = batch["__pos__"]
@@ -206,7 +209,8 @@ class EvalLoader:
         self.skipped = 0
 
     def __iter__(self) -> Iterator[dict]:
-        loader = DataLoader(_EvalDataset(self.spec, self.world_size), batch_size=None, num_workers=self.num_workers)
+        loader = DataLoader(_EvalDataset(self.spec, self.world_size), batch_size=None, num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(0))
         self.skipped, held, pending = 0, None, 0
         for batch in loader:
             _raise_error(batch)
