@@ -16,7 +16,8 @@ from rich.text import Text
 
 from ldmcli.data.builtin import BUILTINS, builtin_samples
 from ldmcli.data.folder import FolderSet
-from ldmcli.data.info import build_info, contact_sheet, resolve_shards, sorted_classes, summarize
+from ldmcli.data.info import build_info, contact_sheet, sorted_classes, summarize
+from ldmcli.data.reader import resolve_shards
 from ldmcli.data.shards import ShardSink, check_name
 from ldmcli.errors import UserError
 
@@ -137,14 +138,14 @@ def build(
 
 @app.command()
 def info(
-    paths: list[str] = typer.Argument(..., help="Shard folders, .tar files, or globs such as 'data/shapes/*.tar'."),
+    paths: list[str] = typer.Argument(..., help="Shard folders, .tar files, globs, {a..b} patterns or pipe: URLs."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Contact sheet PNG (default: DIR/contact_sheet.png for one folder, else ./contact_sheet.png)."),
 ) -> None:
     """Count shards, samples and keys; show image sizes, classes and captions; write a contact sheet.
 
     Example: ldm data info data/shapes --sheet shapes.png
     """
-    shards = list(dict.fromkeys(shard for path in paths for shard in resolve_shards(path)))
+    shards = list(dict.fromkeys(resolve_shards(paths)))
     summary = summarize(shards)
     console = Console()
     folder = Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else None
@@ -159,6 +160,8 @@ def info(
     table.add_row("image sizes", ", ".join(f"{s}: {n}" for s, n in summary.sizes.most_common(8)) or "-")
     if summary.bad_images:
         table.add_row("unreadable images", str(summary.bad_images))
+    if summary.unreadable_shards:
+        table.add_row("unreadable or truncated shards", str(summary.unreadable_shards))
     if summary.classes:
         table.add_row("classes", ", ".join(f"{c}: {n}" for c, n in sorted_classes(summary.classes)))
     for i, caption in enumerate(summary.captions):

@@ -1,64 +1,19 @@
-"""Summaries of a shard set: what is in it and a contact sheet to look at, read with plain tarfile."""
+"""Summaries of a shard set: what is in it and a contact sheet to look at."""
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import math
-import tarfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ldmcli.errors import UserError
+from ldmcli.data.stream import Tally, shard_samples
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
-
-
-def resolve_shards(spec: str) -> list[Path]:
-    """A folder (its *.tar), one .tar file, or a glob pattern -> sorted shard paths."""
-    path = Path(spec)
-    if path.is_dir():
-        shards = sorted(path.glob("*.tar"))
-        if not shards:
-            raise UserError(f"no .tar shards in {spec}")
-        return shards
-    if path.is_file():
-        return [path]
-    if glob.has_magic(spec):
-        shards = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-        if not shards:
-            raise UserError(f"no shards match {spec}")
-        return shards
-    raise UserError(f"{spec} does not exist")
-
-
-def iter_samples(shards: list[Path]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {suffix: bytes}) per sample, grouping consecutive members as WebDataset does."""
-    for shard in shards:
-        try:
-            tar = tarfile.open(shard, "r|*")
-        except (tarfile.TarError, OSError) as err:
-            raise UserError(f"{shard} is not a readable tar file: {err}") from None
-        with tar:
-            key, sample = None, {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = member.name.rsplit("/", 1)[-1]
-                prefix = member.name[: len(member.name) - len(base)]
-                stem, _, suffix = base.partition(".")
-                if prefix + stem != key:
-                    if sample:
-                        yield key, sample
-                    key, sample = prefix + stem, {}
-                sample[suffix] = tar.extractfile(member).read()
-            if sample:
-                yield key, sample
 
 
 @dataclass
@@ -70,6 +25,7 @@ class ShardInfo:
     classes: Counter = field(default_factory=Counter)
     captions: list[str] = field(default_factory=list)
     bad_images: int = 0
+    unreadable_shards: int = 0
     thumbs: list[Image.Image] = field(default_factory=list)
 
 
@@ -80,29 +36,37 @@ def _image_bytes(sample: dict[str, bytes]) -> bytes | None:
     return None
 
 
-def summarize(shards: list[Path], n_captions: int = 5, n_thumbs: int = 64) -> ShardInfo:
+def summarize(shards: list[str], n_captions: int = 5, n_thumbs: int = 64) -> ShardInfo:
     """Count samples and keys; histogram image sizes and classes; keep a few captions and thumbnails."""
     info = ShardInfo(shards=len(shards))
-    for _, sample in iter_samples(shards):
-        info.samples += 1
-        info.keys.update(sample.keys())
-        if "cls" in sample:
-            info.classes[sample["cls"].decode("utf-8", "replace").strip()] += 1
-        if "txt" in sample and len(info.captions) < n_captions:
-            info.captions.append(sample["txt"].decode("utf-8", "replace"))
-        data = _image_bytes(sample)
-        if data is None:
-            continue
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                info.sizes[f"{img.width}x{img.height}"] += 1
-                if len(info.thumbs) < n_thumbs:
-                    thumb = img.convert("RGB")
-                    thumb.thumbnail((128, 128), Image.Resampling.LANCZOS)
-                    info.thumbs.append(thumb)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-            info.bad_images += 1
+    tally = Tally()
+    for shard in shards:
+        for sample in shard_samples(shard, tally):
+            _add(info, sample, n_captions, n_thumbs)
+    info.unreadable_shards = tally.take()
     return info
+
+
+def _add(info: ShardInfo, sample: dict, n_captions: int, n_thumbs: int) -> None:
+    sample = {k: v for k, v in sample.items() if not k.startswith("__")}
+    info.samples += 1
+    info.keys.update(sample.keys())
+    if "cls" in sample:
+        info.classes[sample["cls"].decode("utf-8", "replace").strip()] += 1
+    if "txt" in sample and len(info.captions) < n_captions:
+        info.captions.append(sample["txt"].decode("utf-8", "replace"))
+    data = _image_bytes(sample)
+    if data is None:
+        return
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            info.sizes[f"{img.width}x{img.height}"] += 1
+            if len(info.thumbs) < n_thumbs:
+                thumb = img.convert("RGB")
+                thumb.thumbnail((128, 128), Image.Resampling.LANCZOS)
+                info.thumbs.append(thumb)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        info.bad_images += 1
 
 
 def contact_sheet(images: list[Image.Image], columns: int = 8, tile: int | None = None, gap: int = 2) -> Image.Image:
