@@ -61,11 +61,15 @@ def _root(
 
 
 def _register() -> None:
-    from ldmcli.cli import data, info, train_classifier
+    from ldmcli.cli import convert, data, encode, eval, info, train_ae, train_classifier
 
     app.add_typer(data.app, name="data")
     app.command("info")(info.info)
     app.command("train-classifier")(train_classifier.train_classifier)
+    app.command("train-ae")(train_ae.train_ae)
+    app.command("encode")(encode.encode)
+    app.command("convert")(convert.convert)
+    app.command("eval")(eval.eval_command)
 
 
 _register()

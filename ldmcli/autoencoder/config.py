@@ -1,0 +1,79 @@
+"""Typed configs of the perceptual autoencoder: the model (saved in its model dir) and the training recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ldmcli.config import DataConfig, TrainConfig
+
+KIND = "autoencoder"
+RUN_KIND = "autoencoder-run"
+
+
+@dataclass
+class AutoencoderConfig:
+    """Encoder/decoder widths and the bottleneck; the model dir's config.json holds exactly this.
+
+    f = 2^(len(channel_mult) - 1). `attn_factors` lists the downsampling factors whose blocks get
+    self-attention (the paper's f16 model: [16]); the mid blocks always have it when `mid_attention`.
+    """
+
+    bottleneck: Literal["kl", "vq"] = "kl"
+    in_channels: int = 3
+    channels: int = 128
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4])
+    num_res_blocks: int = 2
+    attn_factors: list[int] = field(default_factory=list)
+    mid_attention: bool = True
+    dropout: float = 0.0
+    z_channels: int = 3
+    embed_dim: int = 3
+    quant_conv: bool = True
+    # VQ only: codebook size, commitment beta, "learned" (paper) or "ema" codebook, dead-code restart.
+    n_embed: int = 8192
+    beta: float = 0.25
+    codebook: Literal["learned", "ema"] = "learned"
+    ema_decay: float = 0.99
+    restart_dead_codes: bool = True
+    dead_code_usage: float = 0.03
+    # Set on import from diffusers (e.g. 0.18215 for SD's KL-f8); `ldm encode` measures its own.
+    scaling_factor: float | None = None
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+@dataclass
+class LossConfig:
+    """L1 (+ LPIPS) with a learned output log-variance, KL or codebook term, and a PatchGAN."""
+
+    rec: Literal["l1", "l2"] = "l1"
+    perceptual: Literal["lpips", "none"] = "lpips"
+    lpips_net: Literal["alex", "vgg"] = "alex"
+    lpips_weights: str = ""
+    perceptual_weight: float = 1.0
+    learn_logvar: bool = True
+    kl_weight: float = 1e-6
+    codebook_weight: float = 1.0
+    disc_start: int = 50001
+    disc_weight: float = 0.5
+    disc_loss: Literal["hinge", "non_saturating"] = "hinge"
+    disc_layers: int = 3
+    disc_channels: int = 64
+    disc_lr: float | None = None
+    feature_matching_weight: float = 0.0
+    max_adaptive_weight: float = 1e4
+
+
+@dataclass
+class AutoencoderRecipe:
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(size=256))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=4.5e-6 * 12, betas=(0.5, 0.9), batch_size=12, grad_accum=2, grad_clip=0.0))
+    preview_images: int = 8
+    # Train on random square crops of this side cut from each batch image (0: whole images). The model
+    # is convolutional, so crops of 64 px images teach it nearly as well at a quarter of the cost.
+    train_crop: int = 0

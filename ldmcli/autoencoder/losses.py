@@ -1,0 +1,123 @@
+"""The first stage's objective (paper §3.1 and App. G; CompVis `contperceptual.py`, taming `vqperceptual.py`).
+
+Generator: nll = (|x - x̂| + w_p·LPIPS + w_fm·feature matching) / exp(s) + s with a learned scalar s,
+plus kl_weight·KL (KL: sums per sample, as CompVis) or codebook_weight·codebook loss (VQ: means, as
+taming), plus the adversarial term, weighted adaptively so that its gradient at the decoder's last layer
+is as large as the reconstruction's. Discriminator: hinge or non-saturating loss on real vs decoded.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldmcli.autoencoder.config import LossConfig
+from ldmcli.autoencoder.lpips_loader import load_lpips
+
+
+def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float = 1e4) -> torch.Tensor:
+    """‖∇_last nll‖ / (‖∇_last g‖ + 1e-4), clamped to [0, max_weight], as a constant."""
+    nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    weight = nll_grad.float().norm() / (g_grad.float().norm() + 1e-4)
+    return weight.clamp(0.0, max_weight).detach()
+
+
+def generator_adversarial(logits_fake: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "hinge":
+        return -logits_fake.float().mean()
+    return F.softplus(-logits_fake.float()).mean()
+
+
+def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor, kind: str) -> torch.Tensor:
+    real, fake = logits_real.float(), logits_fake.float()
+    if kind == "hinge":
+        return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
+    return 0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean())
+
+
+def feature_matching(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
+    """Per-sample sum over layers of the mean |D_l(x) - D_l(x̂)|, real features held constant."""
+    return sum((r.detach().float() - f.float()).abs().mean(dim=(1, 2, 3)) for r, f in zip(real, fake))
+
+
+class LogVar(nn.Module):
+    """The learned output log-variance s of the nll (one scalar, trained with the autoencoder)."""
+
+    def __init__(self, init: float = 0.0, learn: bool = True):
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(float(init)), requires_grad=learn)
+
+
+class AutoencoderLoss:
+    """Holds LPIPS (frozen, moved to the data's device on first use) and computes both phases' losses."""
+
+    def __init__(self, cfg: LossConfig, bottleneck: str):
+        self.cfg = cfg
+        self.bottleneck = bottleneck
+        self.lpips = load_lpips(cfg.lpips_net, cfg.lpips_weights or None) if cfg.perceptual == "lpips" else None
+
+    @property
+    def uses_discriminator(self) -> bool:
+        return self.cfg.disc_weight > 0 or self.cfg.feature_matching_weight > 0
+
+    def disc_trains(self, step: int) -> bool:
+        """Feature matching needs a trained discriminator from the start; the GAN alone waits for disc_start."""
+        return self.cfg.feature_matching_weight > 0 or (self.cfg.disc_weight > 0 and step >= self.cfg.disc_start)
+
+    def perceptual(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        if self.lpips is None:
+            return torch.zeros(x.shape[0], device=x.device)
+        if next(self.lpips.parameters()).device != x.device:
+            self.lpips.to(x.device)
+        return self.lpips(x.float(), recon.float()).flatten().float()
+
+    def generator(
+        self, x: torch.Tensor, recon: torch.Tensor, aux: dict, logvar: torch.Tensor, disc: nn.Module | None, last_layer: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        recon = recon.float()
+        x = x.float()
+        per_pixel = (x - recon).abs() if cfg.rec == "l1" else (x - recon).pow(2)
+        logs = {"rec_loss": per_pixel.mean().detach()}
+        extra = torch.zeros(x.shape[0], device=x.device)
+        if self.lpips is not None and cfg.perceptual_weight > 0:
+            p = self.perceptual(x, recon)
+            extra = extra + cfg.perceptual_weight * p
+            logs["perceptual"] = p.mean().detach()
+        gan_on = disc is not None and cfg.disc_weight > 0 and step >= cfg.disc_start
+        logits_fake = None
+        if disc is not None and cfg.feature_matching_weight > 0:
+            with torch.no_grad():
+                _, real_feats = disc(x, features=True)
+            logits_fake, fake_feats = disc(recon, features=True)
+            fm = feature_matching(real_feats, fake_feats)
+            extra = extra + cfg.feature_matching_weight * fm
+            logs["feature_matching"] = fm.mean().detach()
+        elif gan_on:
+            logits_fake = disc(recon)
+        nll = (per_pixel + extra[:, None, None, None]) / torch.exp(logvar) + logvar
+        nll_loss = nll.sum() / x.shape[0] if self.bottleneck == "kl" else nll.mean()
+        loss = nll_loss
+        logs["nll"] = nll_loss.detach()
+        logs["logvar"] = logvar.detach()
+        if self.bottleneck == "kl":
+            kl = aux["kl"].mean()
+            loss = loss + cfg.kl_weight * kl
+            logs["kl"] = kl.detach()
+        else:
+            loss = loss + cfg.codebook_weight * aux["codebook_loss"]
+            logs.update(codebook_loss=aux["codebook_loss"].detach(), perplexity=aux["perplexity"], codes_used=aux["codes_used"])
+        if gan_on:
+            g_loss = generator_adversarial(logits_fake, cfg.disc_loss)
+            weight = adaptive_weight(nll_loss, g_loss, last_layer, cfg.max_adaptive_weight) * cfg.disc_weight
+            loss = loss + weight * g_loss
+            logs.update(g_loss=g_loss.detach(), d_weight=weight)
+        return loss, logs
+
+    def discriminator(self, disc: nn.Module, x: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits_real = disc(x.detach())
+        logits_fake = disc(recon.detach())
+        loss = discriminator_loss(logits_real, logits_fake, self.cfg.disc_loss)
+        return loss, {"d_loss": loss.detach(), "logits_real": logits_real.float().mean().detach(), "logits_fake": logits_fake.float().mean().detach()}

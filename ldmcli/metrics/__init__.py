@@ -1,0 +1,1 @@
+"""Evaluation metrics: reconstruction fidelity now; sample quality (FID, KID, prompt adherence) later."""
