@@ -5,7 +5,6 @@ Pixel space (the paper's LDM-1) is the identity with factor 1, so one code path 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -32,21 +31,6 @@ def load_first_stage(ae_dir: str | Path, device: torch.device | str = "cpu") -> 
     from ldmcli.autoencoder import load_autoencoder
 
     return load_autoencoder(Path(ae_dir), device)
-
-
-def read_latent_stats(shards: list[str]) -> dict | None:
-    """stats.json beside the first local latent shard (written by `ldm encode`), or None."""
-    first = Path(shards[0])
-    path = first.parent / "stats.json"
-    if not first.is_file() or not path.is_file():
-        return None
-    try:
-        stats = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(stats, dict) or not isinstance(stats.get("scale_factor"), (int, float)):
-        raise UserError(f"{path} has no numeric 'scale_factor' (rewrite it with `ldm encode`)")
-    return stats
 
 
 @torch.no_grad()

@@ -39,8 +39,9 @@ def resolve(recipe: DiffusionRecipe, channels: int, size: int) -> DiffusionRecip
     return dataclasses.replace(recipe, first_stage=fs, unet=unet)
 
 
-def trainable(cond: nn.Module) -> bool:
-    return any(p.requires_grad for p in cond.parameters())
+def trained_with_unet(recipe: DiffusionRecipe) -> bool:
+    """Class embeddings and the text transformer are trained and saved; a frozen CLIP tower is neither."""
+    return recipe.conditioner.kind in ("class", "text")
 
 
 def build(recipe: DiffusionRecipe) -> tuple[UNet, nn.Module]:
@@ -49,9 +50,9 @@ def build(recipe: DiffusionRecipe) -> tuple[UNet, nn.Module]:
     return unet, build_conditioner(recipe.conditioner, unet.time_embed_dim)
 
 
-def weights_module(unet: UNet, cond: nn.Module) -> nn.Module:
+def weights_module(recipe: DiffusionRecipe, unet: UNet, cond: nn.Module) -> nn.Module:
     """What model.safetensors holds: the UNet, and the conditioner when it is trained."""
-    return nn.ModuleDict({"unet": unet, "cond": cond} if trainable(cond) else {"unet": unet})
+    return nn.ModuleDict({"unet": unet, "cond": cond} if trained_with_unet(recipe) else {"unet": unet})
 
 
 def encode_pair(cond: nn.Module, inputs, guidance: float) -> dict:
@@ -83,8 +84,8 @@ def save(out_dir: Path, recipe: DiffusionRecipe, unet: UNet, cond: nn.Module, em
     if ae:
         ae = os.path.relpath(Path(ae).resolve(), Path(out_dir).resolve())
     saved = dataclasses.replace(recipe, first_stage=dataclasses.replace(recipe.first_stage, autoencoder=ae))
-    ema_module = weights_module(ema["unet"], ema.get("cond", cond)) if "unet" in ema else None
-    return save_model_dir(out_dir, KIND, saved, weights_module(unet, cond), ema_module)
+    ema_module = weights_module(recipe, ema["unet"], ema.get("cond", cond)) if "unet" in ema else None
+    return save_model_dir(out_dir, KIND, saved, weights_module(recipe, unet, cond), ema_module)
 
 
 @dataclass
@@ -110,7 +111,7 @@ def load(model_dir: Path | str, device: torch.device | str = "cpu", use_ema: boo
     model_dir = Path(model_dir)
     recipe = read_model_config(model_dir, DiffusionRecipe, KIND)
     unet, cond = build(recipe)
-    load_weights(weights_module(unet, cond), model_dir, use_ema=use_ema)
+    load_weights(weights_module(recipe, unet, cond), model_dir, use_ema=use_ema)
     ae = recipe.first_stage.autoencoder
     if ae and not Path(ae).is_absolute():
         ae = str((model_dir / ae).resolve())

@@ -1,0 +1,97 @@
+"""`ldm train-diffusion`: the UNet (and a text or class conditioner) on latent shards, on image shards
+encoded on the fly through an autoencoder, or on pixels (the paper's LDM-1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import typer
+
+from ldmcli.autoencoder.latents import STATS_FILE, check_stats, read_stats
+from ldmcli.cli.common import DEVICE, OUT, QUIET, RECIPE, RESUME, SET, prepare_run, write_run_config
+from ldmcli.data.reader import eval_loader, resolve_shards
+from ldmcli.diffusion.config import KIND, RUN_KIND, DiffusionRecipe
+from ldmcli.diffusion.first_stage import load_first_stage, measure_scale_factor
+from ldmcli.diffusion.model import resolve
+from ldmcli.diffusion.task import DiffusionTask
+from ldmcli.errors import UserError
+from ldmcli.train import distributed, train
+
+
+def _latent_dir(shards: list[str]) -> Path | None:
+    """The folder of local latent shards (stats.json beside them), or None for image shards."""
+    first = Path(shards[0])
+    return first.parent if first.is_file() and (first.parent / STATS_FILE).is_file() else None
+
+
+def _latents_autoencoder(stats: dict, latent_dir: Path, ae: Path | None) -> str:
+    """The autoencoder the latents belong to: --ae, else the path stats.json recorded; its id must match."""
+    recorded = Path(stats["autoencoder"].get("path", ""))
+    candidates = [ae] if ae is not None else [recorded, latent_dir / recorded]
+    found = next((p for p in candidates if str(p) and (p / "config.json").is_file()), None)
+    if found is None:
+        raise UserError(f"the latents' autoencoder dir '{recorded}' (from {latent_dir / STATS_FILE}) is not there; name it with --ae")
+    check_stats(stats, found)
+    return str(found.resolve())
+
+
+def _first_stage(cfg: DiffusionRecipe, shards: list[str], ae: Path | None):
+    """(resolved recipe, first stage module, encode_images) for cached latents, --ae images, or pixels."""
+    fs = cfg.first_stage
+    latent_dir = _latent_dir(shards)
+    if latent_dir is not None:
+        stats = read_stats(latent_dir)
+        fs.autoencoder = _latents_autoencoder(stats, latent_dir, ae or (Path(fs.autoencoder) if fs.autoencoder else None))
+        fs.scale_factor = fs.scale_factor or float(stats["scale_factor"])
+        shape = stats.get("latent_shape")
+        if not shape or shape[1] != shape[2]:
+            raise UserError(f"the latents in {latent_dir} are not all one square shape ({shape}); encode them at one --size")
+        return resolve(cfg, int(shape[0]), int(shape[1])), load_first_stage(fs.autoencoder), False
+    if ae is not None:
+        fs.autoencoder = str(Path(ae).resolve())
+    if not fs.autoencoder:
+        fs.scale_factor = fs.scale_factor or 1.0
+        return resolve(cfg, 3, cfg.data.size), load_first_stage(""), True
+    model = load_first_stage(fs.autoencoder)
+    if cfg.data.size % model.factor:
+        raise UserError(f"data.size {cfg.data.size} is not a multiple of the autoencoder's factor {model.factor}")
+    if not fs.scale_factor:
+        known = model.config.scaling_factor
+        fs.scale_factor = known or measure_scale_factor(model, eval_loader(shards, batch_size=32, size=cfg.data.size))
+    return resolve(cfg, model.latent_channels, cfg.data.size // model.factor), model, True
+
+
+def train_diffusion(
+    shards: list[str] = typer.Argument(None, help="Latent shards (stats.json beside them), or image shards with --ae or for pixel-space models."),
+    recipe: Path = RECIPE,
+    sets: list[str] = SET,
+    out: Path = OUT,
+    ae: Path = typer.Option(None, "--ae", help="Autoencoder model dir: encode image shards on the fly."),
+    resume: Path = RESUME,
+    device: str = DEVICE,
+    quiet: bool = QUIET,
+) -> None:
+    """Train a latent diffusion model (UNet + conditioner) with the one training loop.
+
+    Example: ldm train-diffusion data/digits-latents --recipe recipes/ldm-digits-class.toml --out runs/ldm-digits
+    """
+    if resume is not None and ae is not None:
+        raise UserError("--resume takes the run dir only; its config.json names the autoencoder")
+    cfg, run_dir = prepare_run(DiffusionRecipe, RUN_KIND, shards or [], recipe, sets, out, resume, device)
+    shards_list = resolve_shards(cfg.data.shards)
+    cfg, first_stage, encode = _first_stage(cfg, shards_list, ae)
+    cfg.data.shards = shards_list
+    env = distributed.setup(cfg.train.device)
+    try:
+        write_run_config(cfg, run_dir, RUN_KIND, env.is_main)
+        torch.manual_seed(cfg.train.seed)
+        task = DiffusionTask(cfg, first_stage, encode)
+        result = train(task, cfg.train, cfg.data, run_dir, env, resume=resume is not None, quiet=quiet, title=KIND)
+    finally:
+        distributed.teardown()
+    if env.is_main:
+        if result.interrupted:
+            typer.echo(f"stopped at step {result.step}; checkpoint saved. Continue with: ldm train-diffusion --resume {run_dir}")
+        else:
+            typer.echo(f"trained {result.step} steps; model in {result.model_dir}")

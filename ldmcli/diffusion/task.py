@@ -1,0 +1,98 @@
+"""The diffusion model as a TrainTask for the one loop: latents (cached or encoded on the fly) in,
+noise-prediction loss out, condition dropout for classifier-free guidance, fixed-seed preview grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ldmcli.diffusion import model as M
+from ldmcli.diffusion.config import DiffusionRecipe
+from ldmcli.diffusion.objective import diffusion_loss
+from ldmcli.diffusion.samplers import sample_ddim, spaced_timesteps
+from ldmcli.diffusion.schedule import alphas_cumprod
+from ldmcli.errors import UserError
+from ldmcli.train.task import Phase, TrainTask
+
+
+class DiffusionTask(TrainTask):
+    """`recipe` must be resolved (model.resolve). With `encode_images` the batches' images go through
+    the first stage each step; otherwise batches carry cached latents (or pixels, for LDM-1)."""
+
+    def __init__(self, recipe: DiffusionRecipe, first_stage: nn.Module, encode_images: bool):
+        self.recipe = recipe
+        self.first_stage = first_stage
+        self.cached_latents = bool(recipe.first_stage.autoencoder) and not encode_images
+        unet, cond = M.build(recipe)
+        # a frozen conditioner (OpenCLIP) stays out of `models`, so checkpoints do not copy it each time
+        self.models = {"unet": unet, "cond": cond} if M.trained_with_unet(recipe) else {"unet": unet}
+        self.cond = cond
+        self.abar = alphas_cumprod(recipe.schedule)
+        key = cond.key
+        self.required_keys = ("latent" if self.cached_latents else "image",) + ((key,) if key else ())
+
+    def phases(self) -> tuple[Phase, ...]:
+        return (Phase("main", tuple(self.models)),)
+
+    def _latents(self, batch: dict) -> torch.Tensor:
+        scale = self.recipe.first_stage.scale_factor
+        if self.cached_latents:
+            return batch["latent"].float() * scale
+        self.first_stage.to(batch["image"].device)
+        with torch.no_grad():
+            return self.first_stage.encode(batch["image"]).float() * scale
+
+    def _inputs(self, batch: dict, drop: bool):
+        key = self.cond.key
+        if key is None:
+            return None
+        inputs = batch[key]
+        if key == "cls":
+            bad = (inputs < 0) | (inputs >= self.recipe.conditioner.num_classes)
+            if bad.any():
+                raise UserError(f"class label {int(inputs[bad][0])} in the shards is outside [0, {self.recipe.conditioner.num_classes}) (conditioner.num_classes)")
+        p = self.recipe.conditioner.drop_prob
+        if drop and p > 0:
+            dropped = torch.rand(len(inputs)) < p
+            inputs = self.cond.drop(inputs, dropped)
+        return inputs
+
+    def loss(self, phase, models, batch, step):
+        x0 = self._latents(batch)
+        cond = models.get("cond", self.cond)
+        self.cond.to(x0.device)
+        inputs = self._inputs(batch, drop=True)
+        enc = cond(inputs) if inputs is not None else {}
+        unet = models["unet"]
+        loss, logs = diffusion_loss(lambda x, t: unet(x, t, **enc), x0, self.abar, self.recipe.schedule.prediction, self.recipe.objective)
+        return loss, logs
+
+    def _preview_inputs(self, batch: dict, n: int):
+        pv, key = self.recipe.preview, self.cond.key
+        if key == "cls":
+            classes = pv.classes or list(range(self.recipe.conditioner.num_classes))
+            return torch.tensor([classes[i % len(classes)] for i in range(n)], dtype=torch.long)
+        if key == "txt":
+            prompts = pv.prompts or list(batch["txt"])
+            return [prompts[i % len(prompts)] for i in range(n)]
+        return None
+
+    def preview(self, models, batch, step):
+        pv, fs = self.recipe.preview, self.recipe.first_stage
+        unet, cond = models["unet"], models.get("cond", self.cond)
+        device = next(unet.parameters()).device
+        self.cond.to(device)
+        inputs = self._preview_inputs(batch, pv.n)
+        if isinstance(inputs, torch.Tensor):
+            inputs = inputs.to(device)
+        enc = M.encode_pair(cond, inputs, pv.guidance) if inputs is not None else {}
+        noise = torch.randn(pv.n, fs.channels, fs.size, fs.size, generator=torch.Generator().manual_seed(pv.seed)).to(device)
+        steps = spaced_timesteps(len(self.abar), pv.steps)
+        z = sample_ddim(M.make_denoiser(unet, enc, pv.guidance), noise, steps, self.abar, self.recipe.schedule.prediction)
+        self.first_stage.to(device)
+        return self.first_stage.decode(z / fs.scale_factor).float().clamp(-1, 1)
+
+    def export(self, out_dir: Path, models, ema) -> None:
+        M.save(out_dir, self.recipe, models["unet"], self.cond, ema)
