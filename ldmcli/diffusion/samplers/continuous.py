@@ -1,0 +1,128 @@
+"""Samplers of the probability-flow ODE / reverse SDE in sigma (Karras et al. 2022, k-diffusion):
+Euler, Euler ancestral, Heun, DPM-Solver++ 2M and its SDE variant.
+
+They run on x / sqrt(alpha-bar) (variance exploding, x = x0 + sigma * eps) from sigma(timesteps[0]) down to
+sigma = 0; the model still sees its own input x * sqrt(alpha-bar) at the (possibly fractional) timestep.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ldmcli.diffusion import parametrization as P
+from ldmcli.diffusion.samplers.base import Callback, Denoiser, Generators, batch_t, randn
+from ldmcli.diffusion.samplers.timesteps import sigma_at
+
+
+class _Ode:
+    """The denoiser seen in sigma: x0 estimate of a VE sample at step i, and the hand-off back to VP."""
+
+    def __init__(self, denoise: Denoiser, timesteps: Sequence[float], alphas_cumprod: torch.Tensor, prediction: str,
+                 callback: Callback | None):
+        self.denoise, self.timesteps, self.prediction, self.callback = denoise, list(timesteps), prediction, callback
+        self.sigmas = torch.cat([sigma_at(self.timesteps, alphas_cumprod), torch.zeros(1, dtype=torch.float64)]).tolist()
+
+    def x0(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        s = self.sigmas[i]
+        abar = torch.tensor(1 / (1 + s * s), dtype=torch.float64)
+        x_in = x / (1 + s * s) ** 0.5
+        return P.split(self.prediction, self.denoise(x_in, batch_t(self.timesteps[i], x)).float(), x_in, abar)[0]
+
+    def start(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() * (1 + self.sigmas[0] ** 2) ** 0.5
+
+    def done(self, i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        if self.callback is not None:
+            self.callback(i, self.timesteps[i], x / (1 + self.sigmas[i + 1] ** 2) ** 0.5, x0)
+
+
+@torch.no_grad()
+def sample_euler(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[float], alphas_cumprod: torch.Tensor,
+                 prediction: str = "eps", generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
+    """Euler's method on dx/dsigma = (x - x0) / sigma."""
+    ode = _Ode(denoise, timesteps, alphas_cumprod, prediction, callback)
+    x = ode.start(x)
+    for i in range(len(ode.timesteps)):
+        s, s_next = ode.sigmas[i], ode.sigmas[i + 1]
+        x0 = ode.x0(x, i)
+        x = x + (x - x0) / s * (s_next - s)
+        ode.done(i, x, x0)
+    return x
+
+
+@torch.no_grad()
+def sample_euler_ancestral(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[float], alphas_cumprod: torch.Tensor,
+                           prediction: str = "eps", generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
+    """An Euler step down to sigma_down, then fresh noise sigma_up back up to sigma_next (k-diffusion, eta = 1)."""
+    ode = _Ode(denoise, timesteps, alphas_cumprod, prediction, callback)
+    x = ode.start(x)
+    for i in range(len(ode.timesteps)):
+        s, s_next = ode.sigmas[i], ode.sigmas[i + 1]
+        up = (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5
+        down = (s_next**2 - up**2) ** 0.5
+        x0 = ode.x0(x, i)
+        x = x + (x - x0) / s * (down - s)
+        if s_next > 0:
+            x = x + up * randn(x, generator)
+        ode.done(i, x, x0)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[float], alphas_cumprod: torch.Tensor,
+                prediction: str = "eps", generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
+    """EDM's 2nd-order Heun (Karras et al. 2022, Alg. 1): an Euler step, then the trapezoidal correction with
+    the slope at its end, except on the last step to sigma = 0. n steps cost 2n - 1 evaluations."""
+    ode = _Ode(denoise, timesteps, alphas_cumprod, prediction, callback)
+    x = ode.start(x)
+    for i in range(len(ode.timesteps)):
+        s, s_next = ode.sigmas[i], ode.sigmas[i + 1]
+        x0 = ode.x0(x, i)
+        d = (x - x0) / s
+        x_euler = x + d * (s_next - s)
+        if s_next == 0:
+            x = x_euler
+        else:
+            d_next = (x_euler - ode.x0(x_euler, i + 1)) / s_next
+            x = x + (d + d_next) / 2 * (s_next - s)
+        ode.done(i, x, x0)
+    return x
+
+
+def _dpmpp_2m(denoise, x, timesteps, alphas_cumprod, prediction, generator, callback, sde: bool) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022), midpoint form, in lambda = -log sigma; the SDE variant (eta = 1)
+    doubles the exponential decay and adds the matching noise. The last step to sigma = 0 is first order."""
+    ode = _Ode(denoise, timesteps, alphas_cumprod, prediction, callback)
+    x = ode.start(x)
+    old_x0, h_last = None, None
+    for i in range(len(ode.timesteps)):
+        s, s_next = ode.sigmas[i], ode.sigmas[i + 1]
+        x0 = ode.x0(x, i)
+        if s_next == 0:
+            x = x0
+        else:
+            h = math.log(s / s_next)
+            decay = -math.expm1(-2 * h if sde else -h)
+            x0_d = x0 if old_x0 is None else x0 + h / h_last / 2 * (x0 - old_x0)
+            x = (s_next / s) ** (2 if sde else 1) * x + decay * x0_d
+            if sde:
+                x = x + s_next * decay**0.5 * randn(x, generator)
+            h_last = h
+        old_x0 = x0
+        ode.done(i, x, x0)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[float], alphas_cumprod: torch.Tensor,
+                    prediction: str = "eps", generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
+    return _dpmpp_2m(denoise, x, timesteps, alphas_cumprod, prediction, generator, callback, sde=False)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[float], alphas_cumprod: torch.Tensor,
+                        prediction: str = "eps", generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
+    return _dpmpp_2m(denoise, x, timesteps, alphas_cumprod, prediction, generator, callback, sde=True)
