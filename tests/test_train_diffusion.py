@@ -112,3 +112,18 @@ def test_latents_with_another_autoencoder_are_refused(latents, tmp_path):
     other = save_model_dir(tmp_path / "other", AE_KIND, cfg, Autoencoder(cfg))
     result = run_cli("train-diffusion", latents, "--ae", other, "--out", tmp_path / "run", *TINY, "--set", "train.steps=1")
     assert result.exit_code == 2 and "encoded by autoencoder" in result.output
+
+
+@pytest.mark.slow
+def test_class_conditional_digits_learn(digits_shards, tmp_path):
+    """Predicting zero noise scores 1.0 (E[eps^2] = 1). Measured once (seed 0, bf16, this CPU): the mean loss
+    of steps 51-60 was 0.19 and of steps 1-10 0.95; 0.35 leaves room for thread-count nondeterminism
+    while a model that does not learn stays above 0.8."""
+    run = tmp_path / "run"
+    result = run_cli("train-diffusion", digits_shards, "--out", run, *TINY, "--set", "conditioner.kind=class",
+                     "--set", "train.batch_size=16", "--set", "train.steps=60", "--set", "train.lr=3e-3",
+                     "--set", "train.warmup_steps=10", "--set", "train.log_every=10", "--set", "objective.weighting=uniform",
+                     "--set", "unet.model_channels=8")
+    assert result.exit_code == 0, result.output
+    losses = [r["loss"] for r in records(run)]
+    assert losses[0] > 0.8 and losses[-1] < 0.35, losses
