@@ -97,6 +97,7 @@ def test_resume_continues_from_the_checkpoint(digits_shards, tmp_path):
     (["--set", "data.size=10", "--set", "unet.channel_mult=[1,2,2]"], "latent size 10 is not a multiple of 2\\^2"),
     (["--set", "conditioner.kind=text", "--set", "unet.attention=plain"], "needs unet.attention = 'transformer'"),
     (["--set", "unet.attention_levelz=[1]"], "unknown config key 'unet.attention_levelz'"),
+    (["--set", "conditioner.kind=class", "--set", "preview.classes=[3,10]"], "preview.classes must lie in \\[0, 10\\)"),
 ])
 def test_user_errors_are_one_line(digits_shards, tmp_path, extra, message):
     result = run_cli("train-diffusion", digits_shards, "--out", tmp_path / "run", *TINY, "--set", "train.steps=1", *extra)

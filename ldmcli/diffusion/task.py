@@ -31,6 +31,11 @@ class DiffusionTask(TrainTask):
         self.cond = cond
         self.abar = alphas_cumprod(recipe.schedule)
         key = cond.key
+        n = recipe.conditioner.num_classes
+        if key == "cls" and any(not 0 <= c < n for c in recipe.preview.classes):
+            raise UserError(f"preview.classes must lie in [0, {n}), got {recipe.preview.classes}")
+        if not 0 <= recipe.conditioner.drop_prob <= 1:
+            raise UserError(f"conditioner.drop_prob must lie in [0, 1], got {recipe.conditioner.drop_prob}")
         self.required_keys = ("latent" if self.cached_latents else "image",) + ((key,) if key else ())
 
     def phases(self) -> tuple[Phase, ...]:
