@@ -1,0 +1,72 @@
+"""Encode/decode throughput (images/s) of an ldmcli autoencoder and of diffusers' AutoencoderKL with the
+same channel configuration, in bf16 autocast and fp32, measured in the same process and alternated.
+
+  python bench/ae_throughput.py --recipe recipes/ae-kl-f4-photos.toml --size 64 --batch 16 --json tp.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ldmcli.autoencoder.config import AutoencoderRecipe
+from ldmcli.autoencoder.model import Autoencoder
+from ldmcli.config import load_recipe
+from ldmcli.interop.autoencoder import config_to_diffusers
+
+
+def rates(fns, x: torch.Tensor, precision: str, repeats: int) -> list[float]:
+    """Images/s of each fn, timed in alternation so that load from other processes hits all alike."""
+    best = [float("inf")] * len(fns)
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for fn in fns:
+            fn(x)
+        for _ in range(repeats):
+            for i, fn in enumerate(fns):
+                start = time.perf_counter()
+                fn(x)
+                best[i] = min(best[i], time.perf_counter() - start)
+    return [x.shape[0] / b for b in best]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipes/ae-kl-f4-photos.toml")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure; the fastest counts")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    from diffusers import AutoencoderKL
+
+    cfg = load_recipe(AutoencoderRecipe, Path(args.recipe)).model
+    if cfg.bottleneck != "kl" or cfg.attn_factors:
+        raise SystemExit("the comparison needs a KL recipe without block attention (diffusers' AutoencoderKL layout)")
+    ours = Autoencoder(cfg).eval()
+    dcfg = {k: v for k, v in config_to_diffusers(cfg).items() if not k.startswith("_")}
+    theirs = AutoencoderKL(**dcfg).eval()
+    x = torch.rand(args.batch, 3, args.size, args.size) * 2 - 1
+    with torch.no_grad():
+        z = ours.encode(x)
+    result = {"size": args.size, "batch": args.batch, "threads": torch.get_num_threads()}
+    for precision in ("bf16", "fp32"):
+        enc = rates([ours.encode, lambda t: theirs.encode(t).latent_dist.mean], x, precision, args.repeats)
+        dec = rates([ours.decode, lambda t: theirs.decode(t).sample], z, precision, args.repeats)
+        result[f"ldmcli_encode_{precision}"], result[f"diffusers_encode_{precision}"] = enc
+        result[f"ldmcli_decode_{precision}"], result[f"diffusers_decode_{precision}"] = dec
+    for what in ("encode", "decode"):
+        for precision in ("bf16", "fp32"):
+            result[f"ratio_{what}_{precision}"] = result[f"ldmcli_{what}_{precision}"] / result[f"diffusers_{what}_{precision}"]
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    for key, value in result.items():
+        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()
