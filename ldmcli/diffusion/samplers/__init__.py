@@ -19,7 +19,7 @@ from ldmcli.diffusion.samplers.continuous import (
     sample_heun,
 )
 from ldmcli.diffusion.samplers.discrete import sample_ddim, sample_ddpm, sample_plms
-from ldmcli.diffusion.samplers.timesteps import karras_timesteps, sigma_at, spaced_timesteps
+from ldmcli.diffusion.samplers.timesteps import alpha_bar_at, karras_timesteps, sigma_at, spaced_timesteps
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 __all__ = [
-    "SAMPLERS", "Callback", "Denoiser", "Sampler", "karras_timesteps", "randn", "sample_ddim", "sample_ddpm",
+    "SAMPLERS", "Callback", "Denoiser", "Sampler", "alpha_bar_at", "karras_timesteps", "randn", "sample_ddim", "sample_ddpm",
     "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_euler", "sample_euler_ancestral", "sample_heun",
     "sample_plms", "sigma_at", "spaced_timesteps",
 ]

@@ -61,3 +61,11 @@ def karras_timesteps(timesteps: Sequence[int], alphas_cumprod: torch.Tensor, rho
     hi, lo = ends[0] ** (1 / rho), ends[1] ** (1 / rho)
     sigmas = (hi + ramp * (lo - hi)) ** rho
     return sigma_to_t(sigmas, alphas_cumprod).tolist()
+
+
+def alpha_bar_at(t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """alpha-bar (float64) at a batch of timesteps as the samplers pass them: the schedule's own value at
+    whole (long) ones, the interpolated sigma's between them."""
+    if not t.is_floating_point():
+        return alphas_cumprod.to(device=t.device, dtype=torch.float64)[t]
+    return (1 / (1 + sigma_at(t.cpu(), alphas_cumprod) ** 2)).to(t.device)

@@ -1,0 +1,128 @@
+"""`ldm sample`: images from a trained diffusion model dir, one PNG each with its settings in text chunks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+from PIL import Image, PngImagePlugin
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ldmcli.autoencoder.latents import autoencoder_id
+from ldmcli.data.decode import CorruptSample, open_image
+from ldmcli.diffusion import model as M
+from ldmcli.errors import UserError
+from ldmcli.images import save_grid, to_uint8
+from ldmcli.pipeline import Pipeline, Settings
+from ldmcli.train.distributed import resolve_device
+
+
+def _read_prompts(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read --prompts file {path}: {err}") from None
+    prompts = [ln for ln in lines if ln]
+    if not prompts:
+        raise UserError(f"--prompts file {path} has no prompts (one per line)")
+    return prompts
+
+
+def _load_image(path: Path, what: str, size: tuple[int, int] | None) -> Image.Image:
+    try:
+        im = open_image(Path(path).read_bytes())
+    except (OSError, CorruptSample) as err:
+        raise UserError(f"cannot read {what} image {path}: {err}") from None
+    return im if size is None or im.size == size else im.resize(size, Image.Resampling.LANCZOS if what == "--init" else Image.Resampling.NEAREST)
+
+
+def _tensor(im: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def sample(
+    model_dir: Path = typer.Option(..., "--model", "-m", help="Diffusion model dir (from ldm train-diffusion)."),
+    prompt: list[str] = typer.Option([], "--prompt", "-p", help="Text prompt (repeatable)."),
+    prompts_file: Path = typer.Option(None, "--prompts", help="File with one prompt per line."),
+    classes: list[int] = typer.Option([], "--class", "-c", help="Class index (repeatable; default: every class)."),
+    n: int = typer.Option(4, "--n", help="Images per prompt or class (in all, for an unconditional model)."),
+    batch: int = typer.Option(8, "--batch", help="Images sampled together."),
+    sampler: str = typer.Option("dpmpp_2m", "--sampler", help="ddpm, ddim, plms, dpmpp_2m, dpmpp_2m_sde, euler, euler_a or heun."),
+    steps: int = typer.Option(25, "--steps", help="Sampler steps (heun costs 2 model calls a step, plms 1 extra)."),
+    spacing: str = typer.Option("trailing", "--spacing", help="Timestep spacing: leading, trailing or linspace."),
+    karras: bool = typer.Option(False, "--karras", help="Karras sigmas (sigma-based samplers)."),
+    cfg: float = typer.Option(None, "--cfg", help="Classifier-free guidance scale (default: the model's preview guidance)."),
+    rescale: float = typer.Option(0.0, "--rescale", help="Guidance rescale phi in [0, 1] (Lin et al. 2023)."),
+    negative: str = typer.Option("", "--negative", help="Negative prompt (text models): replaces the empty prompt in guidance."),
+    seed: int = typer.Option(0, "--seed", help="Image k uses seed + k."),
+    height: int = typer.Option(0, "--height", help="Pixels (default: the training size); any multiple of the latent factor x UNet depth."),
+    width: int = typer.Option(0, "--width", help="Pixels (default: the training size)."),
+    out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder for the PNGs."),
+    grid: bool = typer.Option(False, "--grid", help="Also write grid.png with every image."),
+    init: Path = typer.Option(None, "--init", help="Start from this image (img2img, SDEdit)."),
+    strength: float = typer.Option(None, "--strength", help="With --init: share of the steps re-run (default 0.75; 1 with --mask)."),
+    mask: Path = typer.Option(None, "--mask", help="With --init: white = generate, black = keep (inpainting)."),
+    tile: int = typer.Option(64, "--tile", help="Decode in overlapping tiles of this many latent pixels when larger (0: never)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, or bf16 autocast for the networks."),
+) -> None:
+    """Sample images from a diffusion model: text, class or unconditional; img2img and inpainting.
+
+    Example: ldm sample --model runs/ldm-digits/model --class 3 --class 7 --n 8 --grid --out samples/digits
+    """
+    if n < 1 or batch < 1:
+        raise UserError("--n and --batch must be at least 1")
+    if (strength is not None or mask is not None) and init is None:
+        raise UserError("--strength and --mask need --init IMAGE")
+    dev = resolve_device(device)
+    model = M.load(model_dir, dev)
+    settings = Settings(sampler=sampler, steps=steps, spacing=spacing, karras=karras, guidance=cfg, rescale=rescale, negative=negative,
+                        height=height, width=width, strength=strength if strength is not None else (1.0 if mask else 0.75),
+                        tile=tile, precision=dtype)
+    if init is not None and not (height or width):
+        settings.width, settings.height = _load_image(init, "--init", None).size
+    pipe = Pipeline(model, settings, dev)
+    conds = pipe.conditions(prompt + _read_prompts(prompts_file), classes)
+    size = (settings.width, settings.height)
+    init_t = _tensor(_load_image(init, "--init", size)) if init is not None else None
+    mask_t = (_tensor(_load_image(mask, "--mask", size))[:, :1] > 0) if mask is not None else None
+    run_steps = len(pipe.strength_steps() if init is not None else pipe.timesteps)
+
+    jobs = [(c, seed + k) for k, c in enumerate(c for c in conds for _ in range(n))]
+    meta = {"sampler": settings.sampler, "steps": str(settings.steps), "guidance": f"{settings.guidance:g}",
+            "model": str(model_dir), "model_id": autoencoder_id(model_dir), "size": f"{settings.width}x{settings.height}"}
+    meta |= {"karras": "true"} if karras else {}
+    meta |= {"rescale": f"{rescale:g}"} if rescale else {}
+    meta |= {"negative": negative} if negative else {}
+    meta |= {"init": str(init), "strength": f"{settings.strength:g}"} if init is not None else {}
+    meta |= {"mask": str(mask)} if mask is not None else {}
+    out.mkdir(parents=True, exist_ok=True)
+
+    batches = [jobs[i:i + batch] for i in range(0, len(jobs), batch)]
+    images, start = [], time.monotonic()
+    console = Console(stderr=True)
+    columns = (TextColumn("sample"), BarColumn(), MofNCompleteColumn(), TextColumn("steps  {task.fields[images]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task("sample", total=run_steps * len(batches), images="")
+        for chunk in batches:
+            imgs = pipe([c for c, _ in chunk], [s for _, s in chunk], init_t, mask_t, on_step=lambda i: bar.advance(task))
+            for (c, s), img in zip(chunk, to_uint8(imgs)):
+                info = PngImagePlugin.PngInfo()
+                cond = {} if c is None else {"class": str(c)} if isinstance(c, int) else {"prompt": c}
+                for key, value in (cond | {"seed": str(s)} | meta).items():
+                    info.add_itxt(key, value)
+                Image.fromarray(img).save(out / f"{s - seed:05d}.png", pnginfo=info)
+            images.append(imgs.cpu())
+            done = sum(len(x) for x in images)
+            bar.update(task, images=f"{done}/{len(jobs)} images  {done / (time.monotonic() - start):.2f} img/s")
+    if grid:
+        save_grid(torch.cat(images), out / "grid.png", nrow=n if len(conds) > 1 else None)
+    rate = len(jobs) / (time.monotonic() - start)
+    typer.echo(f"wrote {len(jobs)} images to {out} ({rate:.2f} img/s, {settings.sampler}, {run_steps} steps)")

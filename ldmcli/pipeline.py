@@ -1,0 +1,198 @@
+"""Generate images with a trained diffusion model dir: unconditional, class or text conditioned, with
+classifier-free guidance; img2img (SDEdit); training-free inpainting; sizes beyond the training size.
+
+Every image has its own seed: its starting noise and every noise draw of a stochastic sampler come from
+its own generator, so an image does not depend on which batch it was drawn in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ldmcli.autoencoder.tiling import tiled_decode, tiled_encode
+from ldmcli.diffusion import parametrization as P
+from ldmcli.diffusion.first_stage import IdentityFirstStage
+from ldmcli.diffusion.guidance import guided_denoiser
+from ldmcli.diffusion.model import DiffusionModel
+from ldmcli.diffusion.samplers import SAMPLERS, Denoiser, alpha_bar_at, karras_timesteps, randn, spaced_timesteps
+from ldmcli.diffusion.samplers.base import batch_t
+from ldmcli.errors import UserError
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+@dataclass
+class Settings:
+    """guidance None: the model's preview guidance when it is conditional, else 1. height/width 0: the
+    training size. strength: how much of an init image is re-noised (1 = all). tile: decode (and encode)
+    in overlapping tiles of this many latent pixels when the latent is larger (0 = never)."""
+
+    sampler: str = "dpmpp_2m"
+    steps: int = 25
+    spacing: str = "trailing"
+    karras: bool = False
+    guidance: float | None = None
+    rescale: float = 0.0
+    negative: str = ""
+    height: int = 0
+    width: int = 0
+    strength: float = 1.0
+    tile: int = 64
+    precision: str = "fp32"
+
+
+def inpaint_denoiser(denoise: Denoiser, known: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor,
+                     alphas_cumprod: torch.Tensor, prediction: str) -> Denoiser:
+    """Training-free inpainting for any sampler (the blend of the paper's DDIM sampler, moved into the
+    denoiser): where `keep`, the network sees the known latent re-noised to the current level, and the
+    output claims the known latent as the clean sample, so each step pulls that region back to it."""
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        abar = alpha_bar_at(t, alphas_cumprod)
+        x_in = torch.where(keep, P.add_noise(known, noise, abar), x)
+        x0, eps = P.split(prediction, denoise(x_in, t).float(), x_in, abar)
+        a, s = P.levels(abar, x)
+        x0 = torch.where(keep, known, x0)
+        eps = torch.where(keep, (x - a * known) / s, eps)
+        return P.target(prediction, x0, eps, abar)
+
+    return fn
+
+
+class Pipeline:
+    """A loaded model plus checked settings; call it with one batch of conditions and seeds."""
+
+    def __init__(self, model: DiffusionModel, settings: Settings, device: torch.device):
+        self.model, self.s, self.device = model, settings, device
+        fs = model.recipe.first_stage
+        self.factor = model.first_stage.factor
+        self.channels = fs.channels
+        s = settings
+        s.height, s.width = s.height or fs.size * self.factor, s.width or fs.size * self.factor
+        self.multiple = self.factor * model.unet.size_multiple
+        self.kind = model.recipe.conditioner.kind
+        self._check(s)
+        ts = spaced_timesteps(len(model.alphas_cumprod), s.steps, s.spacing)
+        self.timesteps = karras_timesteps(ts, model.alphas_cumprod) if s.karras else ts
+        if s.guidance is None:
+            s.guidance = model.recipe.preview.guidance if self.kind != "none" else 1.0
+
+    def _check(self, s: Settings) -> None:
+        if s.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler '{s.sampler}' (choose from {', '.join(SAMPLERS)})")
+        if s.spacing not in SPACINGS:
+            raise UserError(f"unknown timestep spacing '{s.spacing}' (choose from {', '.join(SPACINGS)})")
+        if not 1 <= s.steps <= len(self.model.alphas_cumprod):
+            raise UserError(f"--steps must be between 1 and {len(self.model.alphas_cumprod)}, got {s.steps}")
+        if s.karras and not SAMPLERS[s.sampler].sigma_based:
+            raise UserError(f"--karras needs a sigma-based sampler (dpmpp_2m, dpmpp_2m_sde, euler, euler_a, heun), not {s.sampler}")
+        for name, v in (("--height", s.height), ("--width", s.width)):
+            if v <= 0 or v % self.multiple:
+                raise UserError(f"{name} {v} is not a positive multiple of {self.multiple} "
+                                f"(the latent factor {self.factor} x the UNet's {self.model.unet.size_multiple})")
+        if self.kind == "none" and s.guidance not in (None, 1.0):
+            raise UserError("--cfg needs a class- or text-conditional model; this one is unconditional")
+        if s.negative and self.kind not in ("text", "clip"):
+            raise UserError("--negative needs a text-conditional model")
+        if not 0 < s.strength <= 1:
+            raise UserError(f"--strength must be in (0, 1], got {s.strength}")
+        if s.precision not in ("fp32", "bf16"):
+            raise UserError(f"--dtype must be fp32 or bf16, got '{s.precision}'")
+        if s.tile < 0:
+            raise UserError(f"--tile must be >= 0, got {s.tile}")
+
+    def conditions(self, prompts: Sequence[str], classes: Sequence[int]) -> list:
+        """One entry per requested condition (None for an unconditional model); a class model given no
+        class gets every class in turn."""
+        if self.kind == "none":
+            if prompts or classes:
+                raise UserError("this model is unconditional: it takes no --prompt, --prompts or --class")
+            return [None]
+        if self.kind == "class":
+            if prompts:
+                raise UserError("this model is class-conditional: use --class, not --prompt/--prompts")
+            n = self.model.recipe.conditioner.num_classes
+            bad = [k for k in classes if not 0 <= k < n]
+            if bad:
+                raise UserError(f"--class {bad[0]} is out of range: this model has classes 0..{n - 1}")
+            return list(classes) or list(range(n))
+        if classes:
+            raise UserError("this model is text-conditional: use --prompt or --prompts, not --class")
+        if not prompts:
+            raise UserError("this model is text-conditional: give --prompt TEXT or --prompts FILE")
+        return list(prompts)
+
+    def strength_steps(self) -> list[float]:
+        """The timesteps actually run: with an init image, the last `strength` fraction (as diffusers)."""
+        run = min(int(len(self.timesteps) * self.s.strength), len(self.timesteps))
+        if run == 0:
+            raise UserError(f"--strength {self.s.strength} with --steps {self.s.steps} leaves no step to run")
+        return self.timesteps[len(self.timesteps) - run:]
+
+    def _autocast(self):
+        if self.s.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _encodings(self, conds: list) -> tuple[dict, dict | None]:
+        cond = self.model.cond
+        if cond.key is None:
+            return {}, None
+        n = len(conds)
+        inputs = torch.tensor(conds, dtype=torch.long, device=self.device) if cond.key == "cls" else list(conds)
+        uncond = None
+        if self.s.guidance != 1.0:
+            uncond = cond([self.s.negative] * n) if self.s.negative else cond(cond.null(n))
+        return cond(inputs), uncond
+
+    def _net(self, x: torch.Tensor, t: torch.Tensor, **enc) -> torch.Tensor:
+        with self._autocast():
+            return self.model.unet(x, t, **enc).float()
+
+    def _large(self, z_side: int) -> bool:
+        return bool(self.s.tile) and not isinstance(self.model.first_stage, IdentityFirstStage) and z_side > self.s.tile
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled latents of images in [-1, 1] (tiled when large)."""
+        fs = self.model.first_stage
+        with torch.no_grad(), self._autocast():
+            if self._large(max(images.shape[-2:]) // self.factor):
+                z = tiled_encode(fs, images, self.s.tile * self.factor, self.s.tile // 4 * self.factor)
+            else:
+                z = fs.encode(images)
+        return z.float() * self.model.scale_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        fs = self.model.first_stage
+        z = z / self.model.scale_factor
+        with torch.no_grad(), self._autocast():
+            out = tiled_decode(fs, z, self.s.tile, self.s.tile // 4) if self._large(max(z.shape[-2:])) else fs.decode(z)
+        return out.float().clamp(-1, 1)
+
+    def __call__(self, conds: list, seeds: Sequence[int], init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                 on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] for conditions and seeds of one batch. init: (1, 3, H, W) in
+        [-1, 1]; mask: (1, 1, H, W), True where the image is to be generated (needs init)."""
+        s, model = self.s, self.model
+        gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        shape = (len(seeds), self.channels, s.height // self.factor, s.width // self.factor)
+        noise = randn(torch.empty(shape, device=self.device), gens)
+        cond, uncond = self._encodings(conds)
+        denoise = guided_denoiser(self._net, cond, uncond, s.guidance, s.rescale)
+        timesteps = self.timesteps
+        x = noise
+        if init is not None:
+            timesteps = self.strength_steps()
+            known = self.encode(init.to(self.device)).expand(shape)
+            x = P.add_noise(known, noise, alpha_bar_at(batch_t(timesteps[0], noise), model.alphas_cumprod))
+            if mask is not None:
+                keep = ~F.max_pool2d(mask.to(self.device).float(), self.factor).bool().expand(shape)
+                denoise = inpaint_denoiser(denoise, known, keep, noise, model.alphas_cumprod, model.prediction)
+        callback = None if on_step is None else (lambda i, t, xi, x0: on_step(i))
+        z = SAMPLERS[s.sampler].fn(denoise, x, timesteps, model.alphas_cumprod, model.prediction, generator=gens, callback=callback)
+        return self.decode(z)
