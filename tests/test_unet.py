@@ -81,3 +81,17 @@ def test_bf16_autocast_stays_close_to_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = unet(x, t, context=ctx).float()
     assert (low - ref).norm() / ref.norm() < 0.03
+
+
+def test_bf16_autocast_gradients_point_the_same_way_as_fp32():
+    unet = randomise(tiny(context_dim=6)).train()
+    x, t, ctx = torch.randn(4, 3, 8, 8), torch.tensor([1, 200, 500, 999]), torch.randn(4, 3, 6)
+    target = torch.randn(4, 3, 8, 8)
+    grads = []
+    for enabled in (False, True):
+        unet.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            out = unet(x, t, context=ctx)
+        (out.float() - target).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in unet.parameters()]))
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
