@@ -61,6 +61,30 @@ def test_pixel_class_model_trains_previews_and_exports_a_loadable_model(digits_s
     assert x.shape == (2, 3, 24, 24) and torch.isfinite(x).all()  # larger than trained: fully convolutional
 
 
+@pytest.fixture(scope="module")
+def shapes_shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    result = run_cli("data", "build", "shapes", "--out", out, "--size", "16", "--count", "60")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_text_model_with_checkpointing_and_the_prompt_changes_the_output(shapes_shards, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train-diffusion", shapes_shards, "--out", run, *TINY, "--set", "train.steps=3", "--set", "train.lr=1e-2",
+                     "--set", "conditioner.kind=text", "--set", "conditioner.width=16", "--set", "conditioner.layers=1",
+                     "--set", "conditioner.heads=2", "--set", "conditioner.head_dim=8", "--set", "conditioner.max_length=16",
+                     "--set", "train.grad_checkpointing=true", "--set", "train.sample_every=3",
+                     "--set", 'preview.prompts=["a red circle"]')
+    assert result.exit_code == 0, result.output
+    assert (run / "samples" / "step_000003.png").is_file()
+    model = M.load(run / "model", use_ema=False)
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([500])
+    with torch.no_grad():
+        red, blue = (model.unet(x, t, **model.cond([p])) for p in ("a red circle", "a blue square"))
+    assert (red - blue).abs().max() > 1e-6
+
+
 def test_cached_latents_use_stats_scale_and_name_the_autoencoder(latents, tiny_ae, tmp_path):
     run = tmp_path / "run"
     result = run_cli("train-diffusion", latents, "--out", run, *TINY, "--set", "train.steps=2", "--set", "train.sample_every=2",

@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ldmcli.errors import UserError
 from ldmcli.nn.attention import Attention
@@ -75,6 +76,9 @@ class ClassConditioner(nn.Module):
         emb = self.embedding(labels.long())
         return {"y": emb} if self.target == "time" else {"context": emb[:, None]}
 
+    def set_grad_checkpointing(self, enabled: bool) -> None:
+        """Nothing to recompute: an embedding lookup keeps no activations worth dropping."""
+
     def null(self, n: int) -> torch.Tensor:
         return torch.full((n,), self.num_classes, dtype=torch.long, device=self.embedding.weight.device)
 
@@ -126,11 +130,17 @@ class TextConditioner(_Tokenized):
         self.layers = nn.ModuleList(_TextLayer(cfg.width, cfg.heads, cfg.head_dim) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.width)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enabled: bool) -> None:
+        """Recompute each layer in the backward pass (the paper's 32-layer encoder needs it on GPUs)."""
+        self.grad_checkpointing = enabled
 
     def forward(self, texts: list[str]) -> dict:
         x = self.token_embedding(self._tokenize(texts, self.position_embedding.device)) + self.position_embedding
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x)
+            x = checkpoint(layer, x, use_reentrant=False) if recompute else layer(x)
         return {"context": self.norm(x)}
 
 
