@@ -85,3 +85,11 @@ def test_paper_recipe_builds_and_takes_one_step_at_batch_1(name, tmp_path):
             assert {"perceptual", "g_loss", "d_weight"} <= set(logs)
     grads = [p.grad for p in task.models["autoencoder"].parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", ["ae-kl-f4-photos", "ae-vq-f4-photos", "ae-kl-f4-shapes", "ae-kl-f4-digits"])
+def test_cpu_recipe_builds_at_factor_4_without_pretrained_weights(name):
+    recipe = load_recipe(AutoencoderRecipe, ROOT / "recipes" / f"{name}.toml")
+    assert recipe.model.factor == 4 and recipe.loss.perceptual == "none" and recipe.train.grad_clip == 0
+    task = AutoencoderTask(recipe)
+    assert set(task.models) == {"autoencoder", "logvar", "discriminator"}
