@@ -12,6 +12,7 @@ from ldmcli.autoencoder.config import KIND as AE_KIND
 from ldmcli.autoencoder.config import AutoencoderConfig
 from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.diffusion import model as M
+from ldmcli.diffusion.guidance import guided_denoiser
 from ldmcli.diffusion.samplers import sample_ddim, spaced_timesteps
 from ldmcli.modeldir import save_model_dir
 
@@ -56,8 +57,8 @@ def test_pixel_class_model_trains_previews_and_exports_a_loadable_model(digits_s
     assert saved["config"]["first_stage"] == {"autoencoder": "", "scale_factor": 1.0, "channels": 3, "size": 16}
     assert saved["config"]["unet"]["in_channels"] == 3
     model = M.load(run / "model")
-    enc = M.encode_pair(model.cond, torch.tensor([1, 7]), guidance=2.0)
-    x = sample_ddim(M.make_denoiser(model.unet, enc, 2.0), torch.randn(2, 3, 24, 24), spaced_timesteps(1000, 3), model.alphas_cumprod)
+    denoise = guided_denoiser(model.unet, model.cond(torch.tensor([1, 7])), model.cond(model.cond.null(2)), 2.0)
+    x = sample_ddim(denoise, torch.randn(2, 3, 24, 24), spaced_timesteps(1000, 3), model.alphas_cumprod)
     assert x.shape == (2, 3, 24, 24) and torch.isfinite(x).all()  # larger than trained: fully convolutional
 
 

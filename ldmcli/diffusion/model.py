@@ -1,4 +1,4 @@
-"""Build a diffusion model from its recipe, guide it, save it to and load it from a model dir.
+"""Build a diffusion model from its recipe, save it to and load it from a model dir.
 
 A model dir holds config.json (the resolved DiffusionRecipe), model.safetensors (+ ema.safetensors)
 with the UNet and any trained conditioner under "unet." and "cond.", and names its autoencoder dir
@@ -53,30 +53,6 @@ def build(recipe: DiffusionRecipe) -> tuple[UNet, nn.Module]:
 def weights_module(recipe: DiffusionRecipe, unet: UNet, cond: nn.Module) -> nn.Module:
     """What model.safetensors holds: the UNet, and the conditioner when it is trained."""
     return nn.ModuleDict({"unet": unet, "cond": cond} if trained_with_unet(recipe) else {"unet": unet})
-
-
-def encode_pair(cond: nn.Module, inputs, guidance: float) -> dict:
-    """Conditioner outputs for a batch; with guidance != 1 the unconditional half is appended."""
-    enc = cond(inputs)
-    if guidance == 1.0 or cond.key is None:
-        return enc
-    null = cond(cond.null(len(inputs)))
-    return {k: torch.cat([v, null[k]]) for k, v in enc.items()}
-
-
-def make_denoiser(unet: UNet, enc: dict, guidance: float = 1.0):
-    """denoise(x, t) for the samplers; classifier-free guidance in one doubled batch:
-    out = uncond + guidance * (cond - uncond)."""
-    n_enc = next(iter(enc.values())).shape[0] if enc else 0
-
-    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if n_enc != 2 * x.shape[0]:
-            return unet(x, t, **enc)
-        out = unet(torch.cat([x, x]), torch.cat([t, t]), **enc)
-        c, u = out.float().chunk(2)
-        return u + guidance * (c - u)
-
-    return denoise
 
 
 def save(out_dir: Path, recipe: DiffusionRecipe, unet: UNet, cond: nn.Module, ema: dict[str, nn.Module]) -> Path:

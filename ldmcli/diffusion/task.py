@@ -10,6 +10,7 @@ from torch import nn
 
 from ldmcli.diffusion import model as M
 from ldmcli.diffusion.config import DiffusionRecipe
+from ldmcli.diffusion.guidance import guided_denoiser
 from ldmcli.diffusion.objective import diffusion_loss
 from ldmcli.diffusion.samplers import sample_ddim, spaced_timesteps
 from ldmcli.diffusion.schedule import alphas_cumprod
@@ -92,10 +93,12 @@ class DiffusionTask(TrainTask):
         inputs = self._preview_inputs(batch, pv.n)
         if isinstance(inputs, torch.Tensor):
             inputs = inputs.to(device)
-        enc = M.encode_pair(cond, inputs, pv.guidance) if inputs is not None else {}
+        enc = cond(inputs) if inputs is not None else {}
+        uncond = cond(self.cond.null(pv.n)) if inputs is not None else None
         noise = torch.randn(pv.n, fs.channels, fs.size, fs.size, generator=torch.Generator().manual_seed(pv.seed)).to(device)
         steps = spaced_timesteps(len(self.abar), pv.steps)
-        z = sample_ddim(M.make_denoiser(unet, enc, pv.guidance), noise, steps, self.abar, self.recipe.schedule.prediction)
+        denoise = guided_denoiser(unet, enc, uncond, pv.guidance)
+        z = sample_ddim(denoise, noise, steps, self.abar, self.recipe.schedule.prediction)
         self.first_stage.to(device)
         return self.first_stage.decode(z / fs.scale_factor).float().clamp(-1, 1)
 
