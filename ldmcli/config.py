@@ -126,13 +126,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     """Build dataclass `cls` from a plain dict, checking every key and type."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        if key not in names:
-            raise UserError(f"unknown config key '{prefix}{key}'{_closest(key, names)}")
+        if key not in fields:
+            raise UserError(f"unknown config key '{prefix}{key}'{_closest(key, fields)}")
+        default = _default(fields[key])
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = {**to_dict(default), **value}
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     return cls(**kwargs)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default, so that a recipe class's own defaults for a section survive a partial override."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def to_dict(obj: Any) -> dict:

@@ -68,3 +68,12 @@ def test_optional_and_nested_types():
     assert cfg.inner.x == 2.0 and cfg.names == ["one"]
     assert to_dict(from_dict(Outer, {}))["inner"] == {"x": None}
     assert from_dict(TrainConfig, to_dict(TrainConfig())) == TrainConfig()
+
+
+def test_a_recipe_class_section_defaults_survive_partial_overrides():
+    @dataclass
+    class Recipe:
+        train: TrainConfig = field(default_factory=lambda: TrainConfig(grad_clip=0.0, betas=(0.5, 0.9)))
+
+    cfg = load_recipe(Recipe, None, ["train.lr=1e-3"])
+    assert cfg.train.lr == 1e-3 and cfg.train.grad_clip == 0.0 and cfg.train.betas == (0.5, 0.9)
