@@ -183,3 +183,14 @@ def test_plms_on_a_v_model_keeps_its_order():
     plms = SAMPLERS["plms"].fn(toy_model, X, ts, abar, "v")
     ddim = SAMPLERS["ddim"].fn(toy_model, X, ts, abar, "v")
     assert (plms - exact).abs().max() < 0.05 < (ddim - exact).abs().max()
+
+
+@pytest.mark.parametrize("prediction,steps", CASES)
+def test_unipc_bh2(prediction, steps):
+    from diffusers import UniPCMultistepScheduler
+
+    sched = UniPCMultistepScheduler(**BETAS, prediction_type=REF_PREDICTION[prediction], solver_order=2, solver_type="bh2",
+                                    timestep_spacing="trailing")
+    sched.set_timesteps(steps)
+    ts = sched.timesteps.tolist()
+    close(ours("unipc", X, ts, prediction), reference(sched, X))

@@ -17,6 +17,7 @@ from ldmcli.diffusion.samplers.continuous import (
     sample_euler,
     sample_euler_ancestral,
     sample_heun,
+    sample_unipc,
 )
 from ldmcli.diffusion.samplers.discrete import sample_ddim, sample_ddpm, sample_plms
 from ldmcli.diffusion.samplers.timesteps import alpha_bar_at, karras_timesteps, sigma_at, spaced_timesteps
@@ -41,10 +42,11 @@ SAMPLERS: dict[str, Sampler] = {
     "euler": Sampler(sample_euler, True),
     "euler_a": Sampler(sample_euler_ancestral, True),
     "heun": Sampler(sample_heun, True, lambda steps: steps - 1),
+    "unipc": Sampler(sample_unipc, True),
 }
 
 __all__ = [
     "SAMPLERS", "Callback", "Denoiser", "Sampler", "alpha_bar_at", "karras_timesteps", "randn", "sample_ddim", "sample_ddpm",
     "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_euler", "sample_euler_ancestral", "sample_heun",
-    "sample_plms", "sigma_at", "spaced_timesteps",
+    "sample_plms", "sample_unipc", "sigma_at", "spaced_timesteps",
 ]

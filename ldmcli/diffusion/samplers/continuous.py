@@ -126,3 +126,55 @@ def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[floa
 def sample_dpmpp_2m_sde(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[float], alphas_cumprod: torch.Tensor,
                         prediction: str = "eps", generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
     return _dpmpp_2m(denoise, x, timesteps, alphas_cumprod, prediction, generator, callback, sde=True)
+
+
+@torch.no_grad()
+def sample_unipc(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[float], alphas_cumprod: torch.Tensor,
+                 prediction: str = "eps", generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
+    """UniPC (Zhao et al. 2023), the B(h) = e^h - 1 variant of order 2 on x0: a multistep predictor
+    (UniP), then a corrector (UniC) that reuses the model call at the predicted sample, so it costs one
+    evaluation per step. Orders warm up from 1 and fall back to 1 for the last step, as diffusers does."""
+    ode = _Ode(denoise, timesteps, alphas_cumprod, prediction, callback)
+    sig, n = ode.sigmas, len(ode.timesteps)
+    lam = [-math.log(s) if s > 0 else math.inf for s in sig]
+    x = ode.start(x)
+    x0s: list[torch.Tensor] = []  # the last two x0 estimates, oldest first
+    last_x, last_order = x, 0
+    for i in range(n):
+        x0 = ode.x0(x, i)
+        if i > 0:
+            x = _unic(last_x, x0s, x0, lam, sig, i, last_order)
+        x0s = (x0s + [x0])[-2:]
+        last_x, last_order = x, min(2, n - i, i + 1)
+        x = _unip(x, x0s, lam, sig, i, last_order)
+        ode.done(i, x, x0)
+    return x
+
+
+def _unip(x: torch.Tensor, x0s: list[torch.Tensor], lam: list[float], sig: list[float], i: int, order: int) -> torch.Tensor:
+    """Predict the sample at sigma[i + 1] from the one at sigma[i]; B(h) = e^-h - 1 = sigma ratio - 1."""
+    if sig[i + 1] == 0:
+        return x0s[-1]
+    h = lam[i + 1] - lam[i]
+    phi = math.expm1(-h)
+    out = sig[i + 1] / sig[i] * x - phi * x0s[-1]
+    if order == 2:
+        r = (lam[i - 1] - lam[i]) / h
+        out = out - phi * 0.5 * (x0s[-2] - x0s[-1]) / r
+    return out
+
+
+def _unic(x_prev: torch.Tensor, x0s: list[torch.Tensor], x0_now: torch.Tensor, lam: list[float], sig: list[float], i: int,
+          order: int) -> torch.Tensor:
+    """Correct the sample at sigma[i] (predicted from x_prev at sigma[i - 1]) with the x0 estimate made at it."""
+    h = lam[i] - lam[i - 1]
+    phi = math.expm1(-h)
+    base = sig[i] / sig[i - 1] * x_prev - phi * x0s[-1]
+    d_now = x0_now - x0s[-1]
+    if order == 1:
+        return base - phi * 0.5 * d_now
+    r = (lam[i - 2] - lam[i - 1]) / h
+    k1 = phi / -h - 1
+    b1, b2 = k1 / phi, (k1 / -h - 0.5) * 2 / phi
+    rho0 = (b2 - b1) / (r - 1)  # solves [[1, 1], [r, 1]] rho = [b1, b2]
+    return base - phi * (rho0 * (x0s[-2] - x0s[-1]) / r + (b1 - rho0) * d_now)
