@@ -43,7 +43,7 @@ class Settings:
     width: int = 0
     strength: float = 1.0
     tile: int = 64
-    precision: str = "fp32"
+    precision: str = "bf16"
 
 
 def inpaint_denoiser(denoise: Denoiser, known: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor,
@@ -90,7 +90,8 @@ class Pipeline:
         if not 1 <= s.steps <= len(self.model.alphas_cumprod):
             raise UserError(f"--steps must be between 1 and {len(self.model.alphas_cumprod)}, got {s.steps}")
         if s.karras and not SAMPLERS[s.sampler].sigma_based:
-            raise UserError(f"--karras needs a sigma-based sampler (dpmpp_2m, dpmpp_2m_sde, euler, euler_a, heun), not {s.sampler}")
+            sigma_based = ", ".join(k for k, v in SAMPLERS.items() if v.sigma_based)
+            raise UserError(f"--karras needs a sigma-based sampler ({sigma_based}), not {s.sampler}")
         for name, v in (("--height", s.height), ("--width", s.width)):
             if v <= 0 or v % self.multiple:
                 raise UserError(f"{name} {v} is not a positive multiple of {self.multiple} "

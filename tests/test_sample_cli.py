@@ -174,6 +174,9 @@ def test_img2img_strength_sets_how_far_from_the_init_image(class_model, tmp_path
         assert Image.open(tmp_path / strength / "00000.png").text["strength"] == strength
         errs.append(np.abs(pixels(tmp_path / strength / "00000.png") - pixels(init)).mean())
     assert errs[0] < errs[1]
+    odd = digit_image(tmp_path / "odd.png", 17)  # sides rounded down to the UNet's multiple of 2
+    sample(class_model, tmp_path / "odd", "--class", "1", "--n", "1", "--steps", "2", "--init", odd)
+    assert Image.open(tmp_path / "odd" / "00000.png").size == (16, 16)
 
 
 @pytest.mark.parametrize("model,args,message", [

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ldmcli.autoencoder.latents import autoencoder_id
 from ldmcli.data.decode import CorruptSample, open_image
 from ldmcli.diffusion import model as M
+from ldmcli.diffusion.samplers import SAMPLERS
 from ldmcli.errors import UserError
 from ldmcli.images import save_grid, to_uint8
 from ldmcli.pipeline import Pipeline, Settings
@@ -53,7 +54,7 @@ def sample(
     classes: list[int] = typer.Option([], "--class", "-c", help="Class index (repeatable; default: every class)."),
     n: int = typer.Option(4, "--n", help="Images per prompt or class (in all, for an unconditional model)."),
     batch: int = typer.Option(8, "--batch", help="Images sampled together."),
-    sampler: str = typer.Option("dpmpp_2m", "--sampler", help="ddpm, ddim, plms, dpmpp_2m, dpmpp_2m_sde, euler, euler_a or heun."),
+    sampler: str = typer.Option("dpmpp_2m", "--sampler", help=f"One of {', '.join(SAMPLERS)}."),
     steps: int = typer.Option(25, "--steps", help="Sampler steps (heun costs 2 model calls a step, plms 1 extra)."),
     spacing: str = typer.Option("trailing", "--spacing", help="Timestep spacing: leading, trailing or linspace."),
     karras: bool = typer.Option(False, "--karras", help="Karras sigmas (sigma-based samplers)."),
@@ -70,7 +71,7 @@ def sample(
     mask: Path = typer.Option(None, "--mask", help="With --init: white = generate, black = keep (inpainting)."),
     tile: int = typer.Option(64, "--tile", help="Decode in overlapping tiles of this many latent pixels when larger (0: never)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, or bf16 autocast for the networks."),
+    dtype: str = typer.Option("bf16", "--dtype", help="bf16 (autocast for the networks; sampler arithmetic stays fp32) or fp32."),
 ) -> None:
     """Sample images from a diffusion model: text, class or unconditional; img2img and inpainting.
 
@@ -85,8 +86,9 @@ def sample(
     settings = Settings(sampler=sampler, steps=steps, spacing=spacing, karras=karras, guidance=cfg, rescale=rescale, negative=negative,
                         height=height, width=width, strength=strength if strength is not None else (1.0 if mask else 0.75),
                         tile=tile, precision=dtype)
-    if init is not None and not (height or width):
-        settings.width, settings.height = _load_image(init, "--init", None).size
+    if init is not None and not (height or width):  # the init image's size, rounded down as diffusers does
+        m = model.first_stage.factor * model.unet.size_multiple
+        settings.width, settings.height = (max(m, v - v % m) for v in _load_image(init, "--init", None).size)
     pipe = Pipeline(model, settings, dev)
     conds = pipe.conditions(prompt + _read_prompts(prompts_file), classes)
     size = (settings.width, settings.height)
