@@ -1,0 +1,87 @@
+"""Sampling speed of every sampler at 20 and 50 steps on the digits model, in images per second.
+
+Takes `--model DIR`, or trains a throwaway model of recipes/dm-pixel-digits.toml for one step in a temp
+dir (its speed is the architecture's; its weights do not matter). Class-conditional with guidance, so
+every model call is one doubled batch. Prints `name: value` lines last; never asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ldmcli.diffusion import model as M
+from ldmcli.diffusion.samplers import SAMPLERS
+from ldmcli.pipeline import Pipeline, Settings
+from ldmcli.train.distributed import resolve_device
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def throwaway_model(tmp: Path) -> Path:
+    def ldm(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "ldmcli", *args], check=True, capture_output=True, text=True)
+
+    ldm("data", "build", "digits", "--out", str(tmp / "digits"), "--size", "32", "--count", "64")
+    ldm("train-diffusion", str(tmp / "digits"), "--recipe", str(ROOT / "recipes" / "dm-pixel-digits.toml"), "--out", str(tmp / "run"),
+        "--set", "train.steps=1", "--set", "train.sample_every=0", "--set", "data.num_workers=0", "--set", "data.shuffle_buffer=16",
+        "--set", "train.batch_size=4", "--quiet")
+    return tmp / "run" / "model"
+
+
+def images_per_s(model, device, sampler: str, steps: int, n: int, batch: int, dtype: str, repeats: int) -> float:
+    """The best of `repeats` timings: on a shared machine the least disturbed run is the sampler's own speed."""
+    pipe = Pipeline(model, Settings(sampler=sampler, steps=steps, precision=dtype), device)
+    classes = [k % model.recipe.conditioner.num_classes for k in range(n)] if model.cond.key == "cls" else [None] * n
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, n, batch):
+            pipe(classes[i:i + batch], list(range(i, min(i + batch, n))))
+        best = min(best, time.perf_counter() - start)
+    return n / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, help="diffusion model dir (default: a throwaway dm-pixel-digits model)")
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    parser.add_argument("--steps", type=int, nargs="+", default=[20, 50])
+    parser.add_argument("--n", type=int, default=16, help="images per measurement")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2, help="timings per figure; the fastest counts")
+    parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = M.load(args.model or throwaway_model(Path(tmp)), device)
+    fs = model.recipe.first_stage
+    print(f"model: {fs.size * model.first_stage.factor}px, {sum(p.numel() for p in model.unet.parameters()) / 1e6:.2f}M UNet parameters, "
+          f"device {device}, {torch.get_num_threads()} threads, {args.dtype}, batch {args.batch}", file=sys.stderr)
+    images_per_s(model, device, "ddim", 2, args.batch, args.batch, args.dtype, 1)  # warm-up
+    figures = {}
+    for steps in args.steps:
+        for name in args.samplers:
+            rate = images_per_s(model, device, name, steps, args.n, args.batch, args.dtype, args.repeats)
+            nfe = steps + SAMPLERS[name].extra_evals(steps)
+            print(f"{name} {steps} steps ({nfe} model calls): {rate:.3f} img/s", file=sys.stderr)
+            figures[f"sampling_img_per_s_{name}_{steps}"] = round(rate, 3)
+            figures[f"model_evals_{name}_{steps}"] = nfe
+    for name, value in figures.items():
+        print(f"{name}: {value}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
