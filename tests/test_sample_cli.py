@@ -78,7 +78,7 @@ def test_class_samples_carry_their_settings_and_a_grid(class_model, tmp_path):
 
 @pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m_sde"])
 def test_a_seed_gives_the_same_image_bitwise_whatever_the_batch(class_model, tmp_path, sampler):
-    args = ["--class", "1", "--n", "3", "--sampler", sampler, "--steps", "3", "--seed", "11"]
+    args = ["--class", "1", "--n", "3", "--sampler", sampler, "--steps", "2", "--seed", "11"]
     sample(class_model, tmp_path / "a", *args, "--batch", "3")
     sample(class_model, tmp_path / "b", *args, "--batch", "1")
     sample(class_model, tmp_path / "c", *args[:-1], "12", "--n", "1")
@@ -106,8 +106,8 @@ def test_text_prompts_from_options_and_a_file_with_a_negative_prompt(text_model,
 
 
 def test_larger_than_trained_with_tiled_decoding(latent_model, tmp_path):
-    sample(latent_model, tmp_path / "tiled", "--n", "1", "--height", "32", "--width", "48", "--steps", "2", "--tile", "8")
-    sample(latent_model, tmp_path / "whole", "--n", "1", "--height", "32", "--width", "48", "--steps", "2", "--tile", "0")
+    sample(latent_model, tmp_path / "tiled", "--n", "1", "--height", "32", "--width", "48", "--steps", "1", "--tile", "8")
+    sample(latent_model, tmp_path / "whole", "--n", "1", "--height", "32", "--width", "48", "--steps", "1", "--tile", "0")
     tiled, whole = pixels(tmp_path / "tiled" / "00000.png"), pixels(tmp_path / "whole" / "00000.png")
     assert tiled.shape == whole.shape == (32, 48, 3)
     assert not np.array_equal(tiled, whole)  # the tiles did run: seams blend, they are not bit-identical
@@ -126,8 +126,8 @@ def test_inpainting_keeps_the_unmasked_pixels_of_a_pixel_space_model(class_model
     mask = np.zeros((16, 16), np.uint8)
     mask[:, :8] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    for name in ("ddim", "dpmpp_2m_sde", "heun"):
-        sample(class_model, tmp_path / name, "--class", "4", "--n", "2", "--steps", "4", "--sampler", name,
+    for name in ("ddim", "dpmpp_2m_sde"):
+        sample(class_model, tmp_path / name, "--class", "4", "--n", "2", "--steps", "3", "--sampler", name,
                "--init", init, "--mask", tmp_path / "mask.png")
         out, ref = pixels(tmp_path / name / "00001.png"), pixels(init)
         assert np.array_equal(out[:, 8:], ref[:, 8:]), name
@@ -141,10 +141,10 @@ def test_inpainting_in_latent_space_keeps_the_known_latents(latent_model, tmp_pa
     from ldmcli.diffusion import model as M
     from ldmcli.pipeline import Pipeline, Settings
 
-    size = 48
+    size = 32
     init = digit_image(tmp_path / "init.png", size)
     mask = np.zeros((size, size), np.uint8)
-    mask[:, :12] = 255
+    mask[:, :8] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     x = torch.from_numpy(pixels(init)).permute(2, 0, 1)[None].float() / 127.5 - 1
     region = torch.from_numpy(mask > 0)[None, None]
@@ -152,15 +152,15 @@ def test_inpainting_in_latent_space_keeps_the_known_latents(latent_model, tmp_pa
     pipe = Pipeline(model, Settings(height=size, width=size), torch.device("cpu"))
     known = pipe.encode(x)
     recon = ((pipe.decode(known)[0].permute(1, 2, 0) + 1) * 127.5).round().numpy()
-    for name in ("ddim", "euler_a", "plms"):
-        pipe = Pipeline(model, Settings(sampler=name, steps=4, height=size, width=size), torch.device("cpu"))
+    for name in ("euler_a", "plms"):
+        pipe = Pipeline(model, Settings(sampler=name, steps=3, height=size, width=size), torch.device("cpu"))
         pipe.decode = lambda z: z  # look at the latents themselves
         z = pipe([None, None], [0, 1], x, region)
-        assert torch.allclose(z[..., 6:], known[..., 6:].expand(2, -1, -1, -1), atol=1e-5), name  # columns 0-5 are generated
-        assert not torch.allclose(z[..., :6], known[..., :6].expand(2, -1, -1, -1), atol=0.1)
-    sample(latent_model, tmp_path / "out", "--n", "1", "--steps", "4", "--init", init, "--mask", tmp_path / "mask.png")
-    sample(latent_model, tmp_path / "free", "--n", "1", "--steps", "4", "--height", str(size), "--width", str(size))
-    kept = np.s_[:, 24:]
+        assert torch.allclose(z[..., 4:], known[..., 4:].expand(2, -1, -1, -1), atol=1e-5), name  # columns 0-3 are generated
+        assert not torch.allclose(z[..., :4], known[..., :4].expand(2, -1, -1, -1), atol=0.1)
+    sample(latent_model, tmp_path / "out", "--n", "1", "--steps", "3", "--init", init, "--mask", tmp_path / "mask.png")
+    sample(latent_model, tmp_path / "free", "--n", "1", "--steps", "3", "--height", str(size), "--width", str(size))
+    kept = np.s_[:, 16:]
     out_err = np.abs(pixels(tmp_path / "out" / "00000.png")[kept] - recon[kept]).mean()
     free_err = np.abs(pixels(tmp_path / "free" / "00000.png")[kept] - recon[kept]).mean()
     assert out_err < 0.7 * free_err
@@ -169,8 +169,8 @@ def test_inpainting_in_latent_space_keeps_the_known_latents(latent_model, tmp_pa
 def test_img2img_strength_sets_how_far_from_the_init_image(class_model, tmp_path):
     init = digit_image(tmp_path / "init.png")
     errs = []
-    for strength in ("0.2", "1"):
-        sample(class_model, tmp_path / strength, "--class", "1", "--n", "2", "--steps", "10", "--init", init, "--strength", strength)
+    for strength in ("0.4", "1"):
+        sample(class_model, tmp_path / strength, "--class", "1", "--n", "2", "--steps", "5", "--init", init, "--strength", strength)
         assert Image.open(tmp_path / strength / "00000.png").text["strength"] == strength
         errs.append(np.abs(pixels(tmp_path / strength / "00000.png") - pixels(init)).mean())
     assert errs[0] < errs[1]
