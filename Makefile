@@ -25,6 +25,7 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/data_throughput.py
+	$(BIN)/python bench/sampling.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
