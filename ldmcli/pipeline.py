@@ -34,7 +34,7 @@ class Settings:
 
     sampler: str = "dpmpp_2m"
     steps: int = 25
-    spacing: str = "trailing"
+    spacing: str = "linspace"
     karras: bool = False
     guidance: float | None = None
     rescale: float = 0.0

@@ -70,8 +70,8 @@ def test_class_samples_carry_their_settings_and_a_grid(class_model, tmp_path):
     assert "wrote 4 images" in result.output and "img/s" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.png", "00001.png", "00002.png", "00003.png", "grid.png"]
     text = Image.open(tmp_path / "00002.png").text
-    assert {k: text[k] for k in ("class", "seed", "sampler", "steps", "guidance", "size")} == {
-        "class": "7", "seed": "7", "sampler": "euler_a", "steps": "3", "guidance": "2", "size": "16x16"}
+    assert {k: text[k] for k in ("class", "seed", "sampler", "steps", "spacing", "guidance", "size")} == {
+        "class": "7", "seed": "7", "sampler": "euler_a", "steps": "3", "spacing": "linspace", "guidance": "2", "size": "16x16"}
     assert text["model"] == str(class_model) and len(text["model_id"]) == 16
     assert Image.open(tmp_path / "grid.png").size == (2 * 18 + 2, 2 * 18 + 2)
 

@@ -56,7 +56,7 @@ def sample(
     batch: int = typer.Option(8, "--batch", help="Images sampled together."),
     sampler: str = typer.Option("dpmpp_2m", "--sampler", help=f"One of {', '.join(SAMPLERS)}."),
     steps: int = typer.Option(25, "--steps", help="Sampler steps (heun costs 2 model calls a step, plms 1 extra)."),
-    spacing: str = typer.Option("trailing", "--spacing", help="Timestep spacing: leading, trailing or linspace."),
+    spacing: str = typer.Option("linspace", "--spacing", help="Timesteps: linspace (T-1 down to 0, even), trailing (even from T-1; last step at T/steps - 1) or leading (even from 0; never reaches T-1)."),
     karras: bool = typer.Option(False, "--karras", help="Karras sigmas (sigma-based samplers)."),
     cfg: float = typer.Option(None, "--cfg", help="Classifier-free guidance scale (default: the model's preview guidance)."),
     rescale: float = typer.Option(0.0, "--rescale", help="Guidance rescale phi in [0, 1] (Lin et al. 2023)."),
@@ -97,7 +97,7 @@ def sample(
     run_steps = len(pipe.strength_steps() if init is not None else pipe.timesteps)
 
     jobs = [(c, seed + k) for k, c in enumerate(c for c in conds for _ in range(n))]
-    meta = {"sampler": settings.sampler, "steps": str(settings.steps), "guidance": f"{settings.guidance:g}",
+    meta = {"sampler": settings.sampler, "steps": str(settings.steps), "spacing": spacing, "guidance": f"{settings.guidance:g}",
             "model": str(model_dir), "model_id": autoencoder_id(model_dir), "size": f"{settings.width}x{settings.height}"}
     meta |= {"karras": "true"} if karras else {}
     meta |= {"rescale": f"{rescale:g}"} if rescale else {}
