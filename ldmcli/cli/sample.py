@@ -107,7 +107,7 @@ def sample(
     out.mkdir(parents=True, exist_ok=True)
 
     batches = [jobs[i:i + batch] for i in range(0, len(jobs), batch)]
-    images, start = [], time.monotonic()
+    images, done, start = [], 0, time.monotonic()
     console = Console(stderr=True)
     columns = (TextColumn("sample"), BarColumn(), MofNCompleteColumn(), TextColumn("steps  {task.fields[images]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -121,8 +121,9 @@ def sample(
                 for key, value in (cond | {"seed": str(s)} | meta).items():
                     info.add_itxt(key, value)
                 Image.fromarray(img).save(out / f"{s - seed:05d}.png", pnginfo=info)
-            images.append(imgs.cpu())
-            done = sum(len(x) for x in images)
+            done += len(chunk)
+            if grid:
+                images.append(imgs.cpu())
             bar.update(task, images=f"{done}/{len(jobs)} images  {done / (time.monotonic() - start):.2f} img/s")
     if grid:
         save_grid(torch.cat(images), out / "grid.png", nrow=n if len(conds) > 1 else None)
