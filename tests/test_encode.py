@@ -92,5 +92,5 @@ def test_two_ranks_under_torchrun_write_disjoint_shards_and_identical_stats(blob
     assert read_tars(double).keys() == read_tars(single).keys()
     one, two = read_stats(single), read_stats(double)
     assert two["samples"] == one["samples"] == 40
-    for key in ("mean", "std", "scale_factor"):
-        assert two[key] == pytest.approx(one[key], rel=1e-9)
+    for key in ("mean", "std", "scale_factor"):  # one thread per rank vs two: fp32 convs round differently
+        assert two[key] == pytest.approx(one[key], rel=1e-6)

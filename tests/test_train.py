@@ -49,7 +49,7 @@ def test_loss_goes_down_and_model_dir_is_written(digits_shards, tmp_path):
 
 def _start(args):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "ldmcli", *map(str, args)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "ldmcli", *map(str, args)], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -60,7 +60,7 @@ def _interrupt_after_first_checkpoint(args, run, sig):
     while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)  # the whole process group, DataLoader workers included, as a scheduler does
     out, err = proc.communicate(timeout=120)
     return proc.returncode, out, err
 

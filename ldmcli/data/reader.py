@@ -20,6 +20,7 @@ import glob
 import logging
 import os
 import re
+import signal
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -70,6 +71,13 @@ def resolve_shards(patterns: str | Sequence[str]) -> list[str]:
     if not shards:
         raise UserError("no data shards given")
     return shards
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGINT to the main process: a scheduler that signals the whole process
+    group must get a checkpoint and a clean exit, not a 'worker killed by signal' crash."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def to_device(batch: dict, device: torch.device | str) -> dict:
@@ -178,7 +186,7 @@ class TrainStream:
         # An own generator: DataLoader would otherwise draw its worker seed from the global RNG, which
         # the training step also uses (noise, dropout), and a resumed run would drift from the original.
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            generator=torch.Generator().manual_seed(0))
+                            generator=torch.Generator().manual_seed(0), worker_init_fn=_ignore_stop_signals)
         for batch in loader:
             _raise_error(batch)
             stream, epoch, consumed = batch["__pos__"]
@@ -210,7 +218,7 @@ class EvalLoader:
 
     def __iter__(self) -> Iterator[dict]:
         loader = DataLoader(_EvalDataset(self.spec, self.world_size), batch_size=None, num_workers=self.num_workers,
-                            generator=torch.Generator().manual_seed(0))
+                            generator=torch.Generator().manual_seed(0), worker_init_fn=_ignore_stop_signals)
         self.skipped, held, pending = 0, None, 0
         for batch in loader:
             _raise_error(batch)
