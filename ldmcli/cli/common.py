@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import typer
 
 from ldmcli.config import apply_overrides, from_dict, load_config, read_toml, save_config, to_dict
 from ldmcli.errors import UserError
+from ldmcli.train import TrainTask, distributed, train
 
 RECIPE = typer.Option(None, "--recipe", "-r", help="TOML recipe (see recipes/).")
 SET = typer.Option([], "--set", "-s", help="Override a recipe field, e.g. --set train.lr=2e-4 (repeatable).")
@@ -56,3 +59,21 @@ def write_run_config(cfg: Any, run_dir: Path, kind: str, is_main: bool) -> None:
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json", kind)
+
+
+def run_training(
+    cfg: Any, run_dir: Path, run_kind: str, make_task: Callable[[], TrainTask], resume: bool, quiet: bool, title: str, command: str
+) -> None:
+    """Join the process group (under torchrun), seed, build the task, train, and say where things are."""
+    env = distributed.setup(cfg.train.device)
+    try:
+        write_run_config(cfg, run_dir, run_kind, env.is_main)
+        torch.manual_seed(cfg.train.seed)
+        result = train(make_task(), cfg.train, cfg.data, run_dir, env, resume=resume, quiet=quiet, title=title)
+    finally:
+        distributed.teardown()
+    if env.is_main:
+        if result.interrupted:
+            typer.echo(f"stopped at step {result.step}; checkpoint saved. Continue with: ldm {command} --resume {run_dir}")
+        else:
+            typer.echo(f"trained {result.step} steps; model in {result.model_dir}")

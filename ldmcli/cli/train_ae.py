@@ -9,9 +9,8 @@ import typer
 
 from ldmcli.autoencoder.config import RUN_KIND, AutoencoderRecipe
 from ldmcli.autoencoder.task import AutoencoderTask
-from ldmcli.cli.common import DEVICE, OUT, QUIET, RECIPE, RESUME, SET, prepare_run, write_run_config
+from ldmcli.cli.common import DEVICE, OUT, QUIET, RECIPE, RESUME, SET, prepare_run, run_training
 from ldmcli.data.reader import resolve_shards
-from ldmcli.train import distributed, train
 
 
 def train_ae(
@@ -34,14 +33,4 @@ def train_ae(
     cfg.data.shards = resolve_shards(cfg.data.shards)
     torch.manual_seed(cfg.train.seed)
     task = AutoencoderTask(cfg)  # before the process group: a missing LPIPS file fails at once
-    env = distributed.setup(cfg.train.device)
-    try:
-        write_run_config(cfg, run_dir, RUN_KIND, env.is_main)
-        result = train(task, cfg.train, cfg.data, run_dir, env, resume=resume is not None, quiet=quiet, title="autoencoder")
-    finally:
-        distributed.teardown()
-    if env.is_main:
-        if result.interrupted:
-            typer.echo(f"stopped at step {result.step}; checkpoint saved. Continue with: ldm train-ae --resume {run_dir}")
-        else:
-            typer.echo(f"trained {result.step} steps; model in {result.model_dir}")
+    run_training(cfg, run_dir, RUN_KIND, lambda: task, resume is not None, quiet, "autoencoder", "train-ae")

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import typer
 
 from ldmcli.autoencoder.latents import STATS_FILE, check_stats, read_stats
-from ldmcli.cli.common import DEVICE, OUT, QUIET, RECIPE, RESUME, SET, prepare_run, write_run_config
+from ldmcli.cli.common import DEVICE, OUT, QUIET, RECIPE, RESUME, SET, prepare_run, run_training
 from ldmcli.data.reader import eval_loader, resolve_shards
 from ldmcli.diffusion.config import KIND, RUN_KIND, DiffusionRecipe
 from ldmcli.diffusion.first_stage import load_first_stage, measure_scale_factor
 from ldmcli.diffusion.model import resolve
 from ldmcli.diffusion.task import DiffusionTask
 from ldmcli.errors import UserError
-from ldmcli.train import distributed, train
 
 
 def _latent_dir(shards: list[str]) -> Path | None:
@@ -82,16 +80,4 @@ def train_diffusion(
     shards_list = resolve_shards(cfg.data.shards)
     cfg, first_stage, encode = _first_stage(cfg, shards_list, ae)
     cfg.data.shards = shards_list
-    env = distributed.setup(cfg.train.device)
-    try:
-        write_run_config(cfg, run_dir, RUN_KIND, env.is_main)
-        torch.manual_seed(cfg.train.seed)
-        task = DiffusionTask(cfg, first_stage, encode)
-        result = train(task, cfg.train, cfg.data, run_dir, env, resume=resume is not None, quiet=quiet, title=KIND)
-    finally:
-        distributed.teardown()
-    if env.is_main:
-        if result.interrupted:
-            typer.echo(f"stopped at step {result.step}; checkpoint saved. Continue with: ldm train-diffusion --resume {run_dir}")
-        else:
-            typer.echo(f"trained {result.step} steps; model in {result.model_dir}")
+    run_training(cfg, run_dir, RUN_KIND, lambda: DiffusionTask(cfg, first_stage, encode), resume is not None, quiet, KIND, "train-diffusion")
