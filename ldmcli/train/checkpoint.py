@@ -9,6 +9,7 @@ half-written dir.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -86,26 +88,47 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     barrier(env)
-    torch.save(rank_state, tmp / f"rank{env.rank}.pt")
-    barrier(env)
-    if env.is_main:
-        for name, module in models.items():
-            save_model(module, str(tmp / f"model.{name}.safetensors"))
-        for name, module in ema.items():
-            save_model(module, str(tmp / f"ema.{name}.safetensors"))
-        torch.save(optim_state, tmp / "optim.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _write_pointer(ckpt_root, final.name)
-        _prune(ckpt_root, keep)
+    try:
+        torch.save(rank_state, tmp / f"rank{env.rank}.pt")
+        barrier(env)
+        if env.is_main:
+            _write_and_publish(tmp, final, ckpt_root, models, ema, optim_state, state, keep)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"could not write checkpoint {final.name} in {ckpt_root} ({_why(err, ckpt_root)}); {_kept(ckpt_root)}") from None
     barrier(env)
     return final
+
+
+def _why(err: Exception, ckpt_root: Path) -> str:
+    """torch.save reports a full disk as 'unexpected pos'; say what a user can act on."""
+    if getattr(err, "errno", None) == errno.ENOSPC or shutil.disk_usage(ckpt_root).free < 16 * 2**20:
+        return "no space left on device"
+    return str(err).strip().splitlines()[0]
+
+
+def _kept(ckpt_root: Path) -> str:
+    previous = latest_checkpoint(ckpt_root)
+    return f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+
+
+def _write_and_publish(tmp, final, ckpt_root, models, ema, optim_state, state, keep) -> None:
+    """Fill the temp dir, make it durable, rename it into place, then move `latest` to it."""
+    for name, module in models.items():
+        save_model(module, str(tmp / f"model.{name}.safetensors"))
+    for name, module in ema.items():
+        save_model(module, str(tmp / f"ema.{name}.safetensors"))
+    torch.save(optim_state, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _write_pointer(ckpt_root, final.name)
+    _prune(ckpt_root, keep)
 
 
 def _prune(ckpt_root: Path, keep: int) -> None:
