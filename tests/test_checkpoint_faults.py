@@ -69,3 +69,26 @@ def test_a_full_disk_while_checkpointing_is_a_clear_error_and_keeps_the_previous
     ckpts = small_disk / "run" / "checkpoints"
     assert latest_checkpoint(ckpts).name == "step_000004"
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_000004"]
+
+
+DIES_ON_RANK_1 = (
+    "import os, signal, sys, threading\n"
+    "if os.environ.get('RANK') == '1':\n"
+    "    threading.Timer(float(os.environ['DIE_AFTER']), os.kill, (os.getpid(), signal.SIGKILL)).start()\n"
+    "from ldmcli.cli.main import run; sys.argv[0] = 'ldm'; run()"
+)
+
+
+@pytest.mark.slow
+def test_one_rank_dying_ends_the_job_instead_of_hanging(digits_shards, tmp_path):
+    script = tmp_path / "dies.py"
+    script.write_text(DIES_ON_RANK_1)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           "train-classifier", str(digits_shards), "--out", str(run), *TINY, "--set", "train.steps=100000",
+           "--set", "data.num_workers=0", "--quiet"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "DIE_AFTER": "8"})
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 200
+    assert "Signals.SIGKILL" in proc.stderr or "SIGKILL" in proc.stderr, proc.stderr[-2000:]
