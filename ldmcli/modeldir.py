@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +47,17 @@ def load_weights(model: nn.Module, model_dir: Path, use_ema: bool = True, device
         first = str(err).strip().splitlines()[0][:300]
         raise UserError(f"{path} does not match the model in its config.json: {first}") from None
     return path.name
+
+
+def weights_id(model_dir: Path | str) -> str:
+    """sha256 (first 16 hex digits) of the weights a model dir loads (ema.safetensors when present):
+    names a model in PNG metadata and ties latents to the autoencoder that made them."""
+    model_dir = Path(model_dir)
+    path = model_dir / "ema.safetensors"
+    if not path.is_file():
+        path = model_dir / "model.safetensors"
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]

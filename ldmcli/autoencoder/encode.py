@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from ldmcli.autoencoder.model import Autoencoder
-from ldmcli.autoencoder.latents import LatentMoments, autoencoder_id
+from ldmcli.autoencoder.latents import LatentMoments
+from ldmcli.modeldir import weights_id
 from ldmcli.autoencoder.tiling import tiled_encode
 from ldmcli.data.shards import ShardSink
 from ldmcli.train.distributed import DistEnv, all_max, all_sum
@@ -78,7 +79,7 @@ def encode_shards(
     agreed = not mixed and not disagree
     return {
         "autoencoder": {
-            "id": autoencoder_id(ae_dir),
+            "id": weights_id(ae_dir),
             "path": str(ae_dir),
             "bottleneck": model.config.bottleneck,
             "factor": model.factor,

@@ -6,29 +6,16 @@ that autoencoder by a hash of its weights, and every consumer checks it before t
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
 from ldmcli.errors import UserError
+from ldmcli.modeldir import weights_id
 
 STATS_FILE = "stats.json"
 STATS_VERSION = 1
-
-
-def autoencoder_id(model_dir: Path | str) -> str:
-    """sha256 (first 16 hex digits) of the weights a model dir loads (ema.safetensors when present)."""
-    model_dir = Path(model_dir)
-    path = model_dir / "ema.safetensors"
-    if not path.is_file():
-        path = model_dir / "model.safetensors"
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 class LatentMoments:
@@ -89,7 +76,7 @@ def read_stats(latent_dir: Path | str) -> dict:
 
 def check_stats(stats: dict, ae_dir: Path | str, where: str = "the latents") -> None:
     """Refuse latents encoded by another autoencoder than the one in `ae_dir`."""
-    expected = autoencoder_id(ae_dir)
+    expected = weights_id(ae_dir)
     found = stats["autoencoder"]["id"]
     if found != expected:
         origin = stats["autoencoder"].get("path", "?")

@@ -12,7 +12,7 @@ from PIL import Image, PngImagePlugin
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ldmcli.autoencoder.latents import autoencoder_id
+from ldmcli.modeldir import weights_id
 from ldmcli.data.decode import CorruptSample, open_image
 from ldmcli.diffusion import model as M
 from ldmcli.diffusion.samplers import SAMPLERS
@@ -98,7 +98,7 @@ def sample(
 
     jobs = [(c, seed + k) for k, c in enumerate(c for c in conds for _ in range(n))]
     meta = {"sampler": settings.sampler, "steps": str(settings.steps), "spacing": spacing, "guidance": f"{settings.guidance:g}",
-            "model": str(model_dir), "model_id": autoencoder_id(model_dir), "size": f"{settings.width}x{settings.height}"}
+            "model": str(model_dir), "model_id": weights_id(model_dir), "size": f"{settings.width}x{settings.height}"}
     meta |= {"karras": "true"} if karras else {}
     meta |= {"rescale": f"{rescale:g}"} if rescale else {}
     meta |= {"negative": negative} if negative else {}

@@ -96,7 +96,7 @@ class DiffusionTask(TrainTask):
         enc = cond(inputs) if inputs is not None else {}
         uncond = cond(self.cond.null(pv.n)) if inputs is not None else None
         noise = torch.randn(pv.n, fs.channels, fs.size, fs.size, generator=torch.Generator().manual_seed(pv.seed)).to(device)
-        steps = spaced_timesteps(len(self.abar), pv.steps)
+        steps = spaced_timesteps(len(self.abar), pv.steps, "linspace")
         denoise = guided_denoiser(unet, enc, uncond, pv.guidance)
         z = sample_ddim(denoise, noise, steps, self.abar, self.recipe.schedule.prediction)
         self.first_stage.to(device)
