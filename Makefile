@@ -21,7 +21,8 @@ demo: install
 	$(BIN)/ldm data build digits --split val --out runs/demo/data/digits-val
 	$(BIN)/ldm data build shapes --out runs/demo/data/shapes --count 2000
 	$(BIN)/ldm data info runs/demo/data/shapes
-	$(BIN)/ldm train-classifier runs/demo/data/digits --recipe recipes/classifier-digits.toml --out runs/demo/classifier
+	test -f runs/demo/classifier/model/model.safetensors || \
+		$(BIN)/ldm train-classifier runs/demo/data/digits --recipe recipes/classifier-digits.toml --out runs/demo/classifier
 
 bench: install
 	$(BIN)/python bench/data_throughput.py
