@@ -7,7 +7,6 @@ warm-up that fills the shuffle buffers. Prints `name: value` lines last; never a
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from ldmcli.data.builtin import builtin_samples
 from ldmcli.data.reader import TrainStream
 from ldmcli.data.shards import write_shards
+from report import report
 
 
 def build_shards(out: Path, samples: int, size: int) -> str:
@@ -53,10 +53,7 @@ def main() -> None:
             f"reader_img_per_s_workers{w}": round(measure(shards, w, args.batch, args.size, args.seconds, args.warmup), 1)
             for w in args.workers
         }
-    for name, value in figures.items():
-        print(f"{name}: {value}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, args.json)
 
 
 if __name__ == "__main__":

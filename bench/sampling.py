@@ -8,7 +8,6 @@ every model call is one doubled batch. Prints `name: value` lines last; never as
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from ldmcli.diffusion import model as M
 from ldmcli.diffusion.samplers import SAMPLERS
 from ldmcli.pipeline import Pipeline, Settings
 from ldmcli.train.distributed import resolve_device
+from report import report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,10 +77,7 @@ def main() -> None:
             print(f"{name} {steps} steps ({nfe} model calls): {rate:.3f} img/s", file=sys.stderr)
             figures[f"sampling_img_per_s_{name}_{steps}"] = round(rate, 3)
             figures[f"model_evals_{name}_{steps}"] = nfe
-    for name, value in figures.items():
-        print(f"{name}: {value}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, args.json)
 
 
 if __name__ == "__main__":
