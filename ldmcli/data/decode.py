@@ -91,10 +91,14 @@ def decode_image(data: bytes, *, size: int | None, crop: str, flip: bool, rng: r
     return torch.from_numpy(np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)))
 
 
-def decode_latent(data: bytes) -> torch.Tensor:
+def decode_latent(data: bytes, shape: Sequence[int] | None = None) -> torch.Tensor:
+    """A CxHxW numeric array (never unpickled), of `shape` when one is expected."""
     array = np.load(io.BytesIO(data), allow_pickle=False)
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
         raise CorruptSample("latent.npy does not hold a numeric array")
+    if array.ndim != 3 or (shape is not None and array.shape != tuple(shape)):
+        want = f"{tuple(shape)}" if shape is not None else "C x H x W"
+        raise CorruptSample(f"latent.npy has shape {array.shape}, expected {want}")
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
@@ -106,6 +110,7 @@ def decode_sample(
     flip: bool = False,
     rng: random.Random | None = None,
     required: Sequence[str] = (),
+    latent_shape: Sequence[int] | None = None,
 ) -> dict:
     """Decode the fields the models use; raise CorruptSample for a missing required key or bad bytes."""
     missing = [name for name in required if not has_key(raw, name)]
@@ -118,7 +123,7 @@ def decode_sample(
         if image_key is not None:
             out["image"] = decode_image(raw[image_key], size=size, crop=crop, flip=flip, rng=rng)
         if "latent.npy" in raw:
-            out["latent"] = decode_latent(raw["latent.npy"])
+            out["latent"] = decode_latent(raw["latent.npy"], latent_shape)
         out["txt"] = raw["txt"].decode("utf-8", errors="replace") if "txt" in raw else ""
         out["cls"] = int(raw["cls"].decode("ascii").strip()) if "cls" in raw else -1
         out["json"] = json.loads(raw["json"]) if "json" in raw else {}

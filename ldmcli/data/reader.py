@@ -114,6 +114,7 @@ class TrainStream:
     """Infinite, resumable training batches for one rank; iterate it, checkpoint `state_dict()`.
 
     `epoch_samples` is the length of one epoch of each logical stream (one per worker, per rank).
+    A latent of another shape than `latent_shape` (when given) is skipped and counted.
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class TrainStream:
         shuffle_buffer: int = 1000,
         epoch_samples: int = 20000,
         required: Sequence[str] = ("image",),
+        latent_shape: Sequence[int] | None = None,
         pin_memory: bool = False,
         state: dict | None = None,
     ) -> None:
@@ -139,7 +141,7 @@ class TrainStream:
             raise UserError(f"epoch_samples must be at least 1, got {epoch_samples}")
         self.spec = StreamSpec(
             tuple(resolve_shards(urls)), batch_size, size, crop, flip, tuple(required),
-            seed, rank, shuffle_buffer, epoch_samples,
+            seed, rank, shuffle_buffer, epoch_samples, tuple(latent_shape) if latent_shape else None,
         )
         self.world_size, self.num_workers, self.pin_memory = world_size, num_workers, pin_memory
         self.streams = max(1, num_workers)
@@ -250,8 +252,10 @@ def eval_loader(
     world_size: int = 1,
     num_workers: int = 0,
     required: Sequence[str] = ("image",),
+    latent_shape: Sequence[int] | None = None,
 ) -> Iterable[dict]:
     """Finite batches of this rank's share of every sample; the last batch may be short."""
     _check(batch_size, size, crop)
-    spec = StreamSpec(tuple(resolve_shards(urls)), batch_size, size, crop, False, tuple(required), rank=rank)
+    spec = StreamSpec(tuple(resolve_shards(urls)), batch_size, size, crop, False, tuple(required), rank=rank,
+                      latent_shape=tuple(latent_shape) if latent_shape else None)
     return EvalLoader(spec, world_size, num_workers)

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from webdataset.gopen import gopen
@@ -62,17 +62,23 @@ class Tally:
         return count
 
 
-def _members(stream, url: str, failure: list) -> Iterator[dict]:
+def _members(stream, url: str, failure: list, on_duplicate: Callable[[str], None]) -> Iterator[dict]:
     """Tar members until the end or the first read error, which lands in `failure` with the name of
-    the member being read (seen through select_files) so that its partial sample can be dropped."""
+    the member being read (seen through select_files) so that its partial sample can be dropped.
+    A file name seen before in the shard is not read: the first one wins and `on_duplicate` hears of it."""
     reading: list[str] = []
+    seen: set[str] = set()
 
-    def note(name: str) -> bool:
+    def select(name: str) -> bool:
+        if name in seen:
+            on_duplicate(name)
+            return False
+        seen.add(name)
         reading[:] = [name]
         return True
 
     try:
-        for member in tar_file_iterator(stream, select_files=note):
+        for member in tar_file_iterator(stream, select_files=select):
             yield {**member, "__url__": url}
     except Exception as exn:
         failure.append((exn, base_plus_ext(reading[0])[0] if reading else None))
@@ -80,15 +86,21 @@ def _members(stream, url: str, failure: list) -> Iterator[dict]:
 
 def shard_samples(url: str, tally: Tally, count_errors: bool = True) -> Iterator[dict]:
     """Raw samples of one shard. An unopenable or truncated shard counts as one skip: the samples
-    read in full before the damage are kept, the one being read is dropped."""
+    read in full before the damage are kept, the one being read is dropped. A duplicate file name is
+    one skip (webdataset would end the shard there)."""
     failure: list = []
+
+    def on_duplicate(name: str) -> None:
+        if count_errors:
+            tally.skip(f"{url}:{name}", "duplicate file name in the shard; the first one is used")
+
     try:
         stream = gopen(url, "rb")
     except Exception as exn:
         failure.append((exn, None))
     else:
         try:
-            for sample in group_by_keys(_members(stream, url, failure)):
+            for sample in group_by_keys(_members(stream, url, failure, on_duplicate)):
                 if not failure or sample["__key__"] != failure[0][1]:
                     yield sample
         except Exception as exn:
@@ -114,6 +126,7 @@ class StreamSpec:
     rank: int = 0
     shuffle_buffer: int = 0
     epoch_samples: int = 1
+    latent_shape: tuple[int, ...] | None = None
 
 
 def resampled(spec: StreamSpec, stream: int, epoch: int, tally: Tally) -> Iterator[dict]:
@@ -171,7 +184,8 @@ def train_batches(spec: StreamSpec, stream: int, epoch: int, consumed: int) -> I
                 continue
             aug = random.Random(derive_seed(spec.seed, "augment", spec.rank, stream, epoch, k))
             try:
-                good.append(decode_sample(raw, size=spec.size, crop=spec.crop, flip=spec.flip, rng=aug, required=spec.required))
+                good.append(decode_sample(raw, size=spec.size, crop=spec.crop, flip=spec.flip, rng=aug, required=spec.required,
+                                         latent_shape=spec.latent_shape))
             except CorruptSample as exn:
                 tally.skip(f"{raw['__url__']}:{raw['__key__']}", exn)
                 bad_run += 1
@@ -206,7 +220,7 @@ def eval_batches(spec: StreamSpec, consumer: int, consumers: int) -> Iterator[di
             if not mine:
                 continue
             try:
-                good.append(decode_sample(raw, size=spec.size, crop=spec.crop, required=spec.required))
+                good.append(decode_sample(raw, size=spec.size, crop=spec.crop, required=spec.required, latent_shape=spec.latent_shape))
             except CorruptSample as exn:
                 tally.skip(f"{url}:{raw['__key__']}", exn)
                 continue

@@ -135,6 +135,7 @@ def train(
         shuffle_buffer=data.shuffle_buffer,
         epoch_samples=data.epoch_samples,
         required=task.required_keys,
+        latent_shape=task.latent_shape,
         pin_memory=env.device.type == "cuda",
         state=stream_state,
     )

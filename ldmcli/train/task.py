@@ -31,6 +31,7 @@ class TrainTask:
 
     models: dict[str, nn.Module]
     required_keys: tuple[str, ...] = ("image",)
+    latent_shape: tuple[int, ...] | None = None  # cached latents of another shape are skipped by the reader
 
     def phases(self) -> tuple[Phase, ...]:
         return (Phase("main", tuple(self.models)),)
