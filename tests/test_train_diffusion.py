@@ -118,7 +118,6 @@ def test_resume_continues_from_the_checkpoint(digits_shards, tmp_path):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--set", "conditioner.kind=class", "--set", "conditioner.num_classes=5"], "class label .* outside \\[0, 5\\)"),
     (["--set", "data.size=10", "--set", "unet.channel_mult=[1,2,2]"], "latent size 10 is not a multiple of 2\\^2"),
     (["--set", "conditioner.kind=text", "--set", "unet.attention=plain"], "needs unet.attention = 'transformer'"),
     (["--set", "unet.attention_levelz=[1]"], "unknown config key 'unet.attention_levelz'"),

@@ -38,6 +38,8 @@ class DiffusionTask(TrainTask):
         if not 0 <= recipe.conditioner.drop_prob <= 1:
             raise UserError(f"conditioner.drop_prob must lie in [0, 1], got {recipe.conditioner.drop_prob}")
         self.required_keys = ("latent" if self.cached_latents else "image",) + ((key,) if key else ())
+        fs = recipe.first_stage
+        self.latent_shape = (fs.channels, fs.size, fs.size) if self.cached_latents else None
 
     def phases(self) -> tuple[Phase, ...]:
         return (Phase("main", tuple(self.models)),)
@@ -50,30 +52,31 @@ class DiffusionTask(TrainTask):
         with torch.no_grad():
             return self.first_stage.encode(batch["image"]).float() * scale
 
-    def _inputs(self, batch: dict, drop: bool):
+    def _inputs(self, batch: dict):
+        """The batch's condition with dropout, and how many class labels lay outside [0, num_classes):
+        those train as unconditional (the null class), as a classifier ignores them, never ending a run."""
         key = self.cond.key
         if key is None:
-            return None
-        inputs = batch[key]
+            return None, 0
+        inputs, bad = batch[key], 0
         if key == "cls":
-            bad = (inputs < 0) | (inputs >= self.recipe.conditioner.num_classes)
-            if bad.any():
-                raise UserError(f"class label {int(inputs[bad][0])} in the shards is outside [0, {self.recipe.conditioner.num_classes}) (conditioner.num_classes)")
+            outside = (inputs < 0) | (inputs >= self.recipe.conditioner.num_classes)
+            inputs, bad = self.cond.drop(inputs, outside), int(outside.sum())
         p = self.recipe.conditioner.drop_prob
-        if drop and p > 0:
+        if p > 0:
             dropped = torch.rand(len(inputs)) < p
             inputs = self.cond.drop(inputs, dropped)
-        return inputs
+        return inputs, bad
 
     def loss(self, phase, models, batch, step):
         x0 = self._latents(batch)
         cond = models.get("cond", self.cond)
         self.cond.to(x0.device)
-        inputs = self._inputs(batch, drop=True)
+        inputs, bad_labels = self._inputs(batch)
         enc = cond(inputs) if inputs is not None else {}
         unet = models["unet"]
         loss, logs = diffusion_loss(lambda x, t: unet(x, t, **enc), x0, self.abar, self.recipe.schedule.prediction, self.recipe.objective)
-        return loss, logs
+        return loss, logs | ({"bad_labels": float(bad_labels)} if self.cond.key == "cls" else {})
 
     def _preview_inputs(self, batch: dict, n: int):
         pv, key = self.recipe.preview, self.cond.key
