@@ -31,6 +31,13 @@ def read_model_config(model_dir: Path, cls: type, kind: str) -> Any:
     return load_config(cls, model_dir / "config.json", kind)
 
 
+def _mismatch(err: RuntimeError) -> str:
+    """torch's load_state_dict report (a title line, then one line per kind of problem) as one line."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines()]
+    details = "; ".join(ln for ln in lines[1:] if ln) or lines[0]
+    return details if len(details) <= 300 else details[:297] + "..."
+
+
 def load_weights(model: nn.Module, model_dir: Path, use_ema: bool = True, device: str = "cpu") -> str:
     """Load ema.safetensors when present and wanted, else model.safetensors; return the file used."""
     model_dir = Path(model_dir)
@@ -44,8 +51,7 @@ def load_weights(model: nn.Module, model_dir: Path, use_ema: bool = True, device
     except SafetensorError as err:
         raise UserError(f"{path} is not a safetensors file: {err}") from None
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0][:300]
-        raise UserError(f"{path} does not match the model in its config.json: {first}") from None
+        raise UserError(f"{path} does not match the model in its config.json: {_mismatch(err)}") from None
     return path.name
 
 

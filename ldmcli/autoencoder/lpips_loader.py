@@ -11,10 +11,10 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ldmcli.errors import UserError
+from ldmcli.weights import read_weights
 
 BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 
@@ -44,12 +44,7 @@ def resolve_weights(net: str, path: str | Path | None) -> Path:
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"cannot read LPIPS backbone weights {path}: {str(err).splitlines()[0][:200]}") from None
+    state = read_weights(path, "LPIPS backbone weights")
     if not isinstance(state, dict):
         raise UserError(f"{path} does not hold a state dict")
     return state

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ldmcli.autoencoder.config import AutoencoderConfig
 from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.errors import UserError
+from ldmcli.weights import read_weights
 
 FORMATS = ("diffusers", "compvis")
 _RES = {"diffusers": ("norm1", "conv1", "norm2", "conv2", "conv_shortcut"), "compvis": ("norm1", "conv1", "norm2", "conv2", "nin_shortcut")}
@@ -235,12 +236,7 @@ def compvis_first_stage(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def read_state_file(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from a safetensors file, or from a legacy pickle checkpoint read with weights_only=True."""
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"cannot read weights from {path}: {str(err).strip().splitlines()[0][:200]}") from None
+    state = read_weights(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
