@@ -1,4 +1,4 @@
-"""`ldm eval`: one command, its flags pick the metrics (`--recon` now; sample metrics join later)."""
+"""`ldm eval`: one command, its flags pick the metrics (`--recon`; `--fid/--kid/--isc/--prc` of samples)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from ldmcli.autoencoder.evaluate import evaluate_recon
 from ldmcli.autoencoder.lpips_loader import default_weights_path, load_lpips
 from ldmcli.data.reader import eval_loader
 from ldmcli.errors import UserError
+from ldmcli.metrics.evaluate import Source, evaluate_samples, inception_space
+from ldmcli.metrics.quality import Wanted
 from ldmcli.train import distributed
 
 
@@ -26,9 +28,21 @@ def _lpips(weights: Path | None):
 
 
 def eval_command(
-    shards: list[str] = typer.Argument(..., help="Image shards to evaluate on: paths, dirs, globs, {a..b} or pipe: URLs."),
+    shards: list[str] = typer.Argument(None, help="Image shards for --recon: paths, dirs, globs, {a..b} or pipe: URLs."),
     recon: bool = typer.Option(False, "--recon", help="Reconstruction fidelity of --ae, next to bicubic at the same latent size."),
     ae: Path = typer.Option(None, "--ae", help="Autoencoder model dir (from ldm train-ae or ldm convert)."),
+    fid: bool = typer.Option(False, "--fid", help="Frechet Inception Distance of --samples against --ref."),
+    kid: bool = typer.Option(False, "--kid", help="Kernel Inception Distance (needs reference images, not statistics)."),
+    isc: bool = typer.Option(False, "--isc", help="Inception Score of --samples."),
+    prc: bool = typer.Option(False, "--prc", help="Precision and recall (k = 3 nearest neighbours) against --ref."),
+    samples: str = typer.Option(None, "--samples", help="Generated images: a folder of PNGs (ldm sample) or shards."),
+    ref: str = typer.Option(None, "--ref", help="Reference: image shards or folder, or an npz of statistics (FID only)."),
+    inception_weights: Path = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache)."),
+    dims: int = typer.Option(2048, "--dims", help="Inception feature layer for FID/KID/PR: 64, 192, 768 or 2048."),
+    kid_subset_size: int = typer.Option(1000, "--kid-subset-size", help="Images per KID subset (capped at the smaller set)."),
+    kid_subsets: int = typer.Option(100, "--kid-subsets", help="Number of KID subsets."),
+    isc_splits: int = typer.Option(10, "--isc-splits", help="Inception Score splits (mean and std over them)."),
+    save_stats: Path = typer.Option(None, "--save-stats", help="Write the reference's mu/sigma here (pytorch-fid npz) for later --ref."),
     size: int = typer.Option(None, "--size", help="Resize the shorter side and centre-crop to this (default: images as stored)."),
     batch_size: int = typer.Option(32, "--batch-size"),
     limit: int = typer.Option(0, "--limit", help="Stop after about this many images (0: all)."),
@@ -43,9 +57,18 @@ def eval_command(
     """Evaluate models on image shards; works under torchrun (each rank takes its share).
 
     Example: ldm eval data/photos-val --recon --ae runs/ae-kl-f4/model --json recon.json --save recon/
+    Example: ldm eval --fid --kid --samples out/ --ref data/digits-val --save-stats digits-val.npz --json fid.json
     """
+    wanted = Wanted(fid=fid, kid=kid, isc=isc, prc=prc, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, isc_splits=isc_splits)
+    if recon == (fid or kid or isc or prc):
+        raise UserError("pick one kind of metric: --recon (an autoencoder), or --fid/--kid/--isc/--prc (samples)")
+    if limit < 0 or kid_subsets < 1 or isc_splits < 1:
+        raise UserError("--limit must not be negative; --kid-subsets and --isc-splits must be at least 1")
     if not recon:
-        raise UserError("pick a metric: --recon (reconstruction fidelity of an autoencoder)")
+        _eval_samples(samples, ref, wanted, inception_weights, dims, Source(batch_size, size, limit, num_workers), save_stats, json_path, device)
+        return
+    if not shards:
+        raise UserError("--recon needs image shards to evaluate on")
     if ae is None:
         raise UserError("--recon needs --ae MODEL_DIR")
     if precision not in ("bf16", "fp32"):
@@ -72,10 +95,39 @@ def eval_command(
     if not env.is_main:
         return
     result["autoencoder"] = str(ae)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    _write_json(json_path, result)
     _print(result)
+
+
+def _eval_samples(samples, ref, wanted: Wanted, weights, dims, source: Source, save_stats, json_path, device) -> None:
+    if samples is None:
+        raise UserError("sample metrics need --samples DIR_OR_SHARDS")
+    env = distributed.setup(device)
+    try:
+        space = inception_space(weights, dims, env.device)
+        console = Console(stderr=True)
+        with Progress(TextColumn("features"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, disable=not env.is_main) as bar:
+            task = bar.add_task("features", total=None)
+            result = evaluate_samples(samples, ref, space, wanted, env, source, save_stats, lambda n: bar.advance(task, n * env.world_size))
+    finally:
+        distributed.teardown()
+    if not env.is_main:
+        return
+    result |= {"samples": samples, "ref": ref}
+    _write_json(json_path, result)
+    table = Table(title=f"{result['images']} samples, {result['features']} features")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.items():
+        if isinstance(value, float):
+            table.add_row(name, f"{value:.6g}")
+    Console().print(table)
+
+
+def _write_json(path: Path | None, result: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _limited(loader, limit: int):

@@ -1,0 +1,86 @@
+"""`ldm eval` sample metrics end to end: a feature space, samples and reference in, figures out.
+
+A feature space maps uint8 images to {"features": N x D, "logits": N x C}; FID/KID/precision-recall use
+"features", Inception Score the logits. Its name goes into saved statistics so that a reference saved
+in one space is never compared with samples measured in another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ldmcli.errors import UserError
+from ldmcli.metrics.features import extract, uint8_batches
+from ldmcli.metrics.fid import feature_statistics, load_statistics, save_statistics
+from ldmcli.metrics.inception import FEATURE_DIMS, load_inception
+from ldmcli.metrics.quality import Wanted, sample_metrics
+from ldmcli.train.distributed import DistEnv
+
+
+@dataclass
+class FeatureSpace:
+    name: str
+    embed: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def inception_space(weights: Path | None, dims: int, device: torch.device) -> FeatureSpace:
+    """The FID Inception's pool features of `dims` channels, with its 1008 unbiased logits for IS."""
+    if dims not in FEATURE_DIMS:
+        raise UserError(f"--dims must be one of {', '.join(map(str, FEATURE_DIMS))}, got {dims}")
+    model = load_inception(weights, [str(dims), "logits_unbiased"], device)
+
+    def embed(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features, logits = model(images)
+        return {"features": features, "logits": logits}
+
+    return FeatureSpace(f"inception-{dims}", embed)
+
+
+@dataclass
+class Source:
+    """Where images come from and how many to read: shared by the samples and the reference side."""
+
+    batch_size: int
+    size: int | None = None
+    limit: int = 0
+    num_workers: int = 0
+
+
+def evaluate_samples(
+    samples: str,
+    ref: str | None,
+    space: FeatureSpace,
+    wanted: Wanted,
+    env: DistEnv,
+    source: Source,
+    save_stats: Path | None = None,
+    on_batch: Callable[[int], None] = lambda n: None,
+) -> dict:
+    """Figures of `samples` against `ref` (images, or an npz of statistics) in `space`."""
+    if ref is None and (wanted.needs_reference or save_stats is not None):
+        raise UserError("--fid, --kid, --prc and --save-stats need --ref SHARDS_OR_STATS")
+
+    def features_of(where: str) -> dict[str, np.ndarray]:
+        batches = uint8_batches(where, source.batch_size, source.size, env, source.limit, source.num_workers)
+        return extract(batches, space.embed, env, on_batch)
+
+    ref_features, ref_stats, result = None, None, {"features": space.name}
+    if ref is not None and ref.endswith(".npz"):
+        if save_stats is not None:
+            raise UserError("--save-stats saves the statistics of reference images; --ref is already a statistics file")
+        ref_stats = load_statistics(Path(ref), space.name)
+    elif ref is not None:
+        ref_features = features_of(ref)
+        result["ref_images"] = len(ref_features["features"])
+        if save_stats is not None and env.is_main:
+            save_statistics(save_stats, *feature_statistics(ref_features["features"]), space.name)
+    sample_features = features_of(samples)
+    result["images"] = len(sample_features["features"])
+    ref_matrix = None if ref_features is None else ref_features["features"]
+    result |= sample_metrics(sample_features["features"], wanted, ref_matrix, ref_stats, sample_features.get("logits"))
+    return result
