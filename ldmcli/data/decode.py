@@ -65,20 +65,20 @@ def open_image(data: bytes, size: int | None = None) -> Image.Image:
 
 
 def resize_crop(im: Image.Image, size: int, crop: str, rng: random.Random) -> Image.Image:
-    """Shorter side to `size` (antialiased), then a `size`x`size` random or centre crop."""
+    """Shorter side to `size` (antialiased), then a `size`x`size` random or centre crop. Only the crop is
+    resampled (a source box), so a long thin image never becomes a huge intermediate one."""
     width, height = im.size
     scale = size / min(width, height)
-    if scale != 1:
-        target = (max(size, round(width * scale)), max(size, round(height * scale)))
-        im = im.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
-        width, height = im.size
+    target = (max(size, round(width * scale)), max(size, round(height * scale))) if scale != 1 else (width, height)
     if crop == "random":
-        left, top = rng.randint(0, width - size), rng.randint(0, height - size)
+        left, top = rng.randint(0, target[0] - size), rng.randint(0, target[1] - size)
     else:
-        left, top = (width - size) // 2, (height - size) // 2
-    if (width, height) != (size, size):
-        im = im.crop((left, top, left + size, top + size))
-    return im
+        left, top = (target[0] - size) // 2, (target[1] - size) // 2
+    if target == (width, height):
+        return im if target == (size, size) else im.crop((left, top, left + size, top + size))
+    sx, sy = width / target[0], height / target[1]
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return im.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
 def decode_image(data: bytes, *, size: int | None, crop: str, flip: bool, rng: random.Random) -> torch.Tensor:
