@@ -4,8 +4,7 @@ hostile model files are refused in one line that names the file; nothing is ever
 import io
 import json
 import os
-import pickle
-import re
+import random
 import tarfile
 
 import numpy as np
@@ -13,15 +12,13 @@ import pytest
 import torch
 from conftest import run_cli
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from test_reader import encode, noise_png, write_tar
 
 from ldmcli.autoencoder.config import KIND as AE_KIND
 from ldmcli.autoencoder.config import AutoencoderConfig
 from ldmcli.autoencoder.model import Autoencoder
+from ldmcli.data.decode import decode_sample
 from ldmcli.data.reader import TrainStream, eval_loader
-from ldmcli.diffusion import model as M
-from ldmcli.diffusion.config import DiffusionRecipe
 from ldmcli.errors import UserError
 from ldmcli.modeldir import save_model_dir
 
@@ -51,6 +48,19 @@ def one_error_line(result, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def rss(field: str = "VmRSS") -> int:
+    """Resident bytes now (VmRSS) or at the peak since reset_peak_rss (VmHWM), from /proc (Linux)."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(field + ":"))
+
+
+def reset_peak_rss() -> int:
+    """Restart the kernel's peak-RSS counter from the current size, and return that size."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    return rss()
 
 
 def npy(array) -> bytes:
@@ -170,3 +180,12 @@ def test_duplicate_file_names_skip_the_copy_not_the_rest_of_the_shard(tmp_path):
     assert batch["__key__"] == ["a", "b", "c", "d"] and batch["txt"][1] == "x" and loader.skipped == 3
     first = np.array(Image.open(io.BytesIO(noise_png(0))))
     assert torch.equal(batch["image"][0], torch.from_numpy(first).permute(2, 0, 1).float() / 127.5 - 1)
+
+
+def test_a_long_thin_image_is_cropped_before_it_is_resized():
+    """Scaling a 1 x 100,000 strip's short side to 64 first would allocate 1.2 GB for one sample."""
+    strip = encode(Image.new("L", (1, 100_000), 200))
+    before = reset_peak_rss()
+    out = decode_sample({"__key__": "k", "png": strip}, size=64, crop="random", rng=random.Random(0))
+    assert out["image"].shape == (3, 64, 64) and (out["image"] == 200).all()
+    assert rss("VmHWM") - before < 100 * 2**20
