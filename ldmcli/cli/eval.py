@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -15,6 +16,7 @@ from ldmcli.autoencoder.evaluate import evaluate_recon
 from ldmcli.autoencoder.lpips_loader import default_weights_path, load_lpips
 from ldmcli.data.reader import eval_loader
 from ldmcli.errors import UserError
+from ldmcli.metrics.domain import classifier_space
 from ldmcli.metrics.evaluate import Source, evaluate_samples, inception_space
 from ldmcli.metrics.quality import Wanted
 from ldmcli.train import distributed
@@ -35,9 +37,12 @@ def eval_command(
     kid: bool = typer.Option(False, "--kid", help="Kernel Inception Distance (needs reference images, not statistics)."),
     isc: bool = typer.Option(False, "--isc", help="Inception Score of --samples."),
     prc: bool = typer.Option(False, "--prc", help="Precision and recall (k = 3 nearest neighbours) against --ref."),
+    accuracy: bool = typer.Option(False, "--accuracy", help="Classifier accuracy on the class of each sample (and on --ref); needs --features classifier."),
     samples: str = typer.Option(None, "--samples", help="Generated images: a folder of PNGs (ldm sample) or shards."),
     ref: str = typer.Option(None, "--ref", help="Reference: image shards or folder, or an npz of statistics (FID only)."),
     inception_weights: Path = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache)."),
+    features: str = typer.Option("inception", "--features", help="Feature network: inception, or classifier (offline, with --classifier)."),
+    classifier: Path = typer.Option(None, "--classifier", help="Classifier model dir from ldm train-classifier (domain FID/KID, --accuracy)."),
     dims: int = typer.Option(2048, "--dims", help="Inception feature layer for FID/KID/PR: 64, 192, 768 or 2048."),
     kid_subset_size: int = typer.Option(1000, "--kid-subset-size", help="Images per KID subset (capped at the smaller set)."),
     kid_subsets: int = typer.Option(100, "--kid-subsets", help="Number of KID subsets."),
@@ -58,14 +63,16 @@ def eval_command(
 
     Example: ldm eval data/photos-val --recon --ae runs/ae-kl-f4/model --json recon.json --save recon/
     Example: ldm eval --fid --kid --samples out/ --ref data/digits-val --save-stats digits-val.npz --json fid.json
+    Example: ldm eval --fid --accuracy --features classifier --classifier runs/clf-digits/model --samples out/ --ref data/digits-val
     """
-    wanted = Wanted(fid=fid, kid=kid, isc=isc, prc=prc, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, isc_splits=isc_splits)
-    if recon == (fid or kid or isc or prc):
-        raise UserError("pick one kind of metric: --recon (an autoencoder), or --fid/--kid/--isc/--prc (samples)")
+    wanted = Wanted(fid=fid, kid=kid, isc=isc, prc=prc, accuracy=accuracy, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, isc_splits=isc_splits)
+    if recon == (fid or kid or isc or prc or accuracy):
+        raise UserError("pick one kind of metric: --recon (an autoencoder), or --fid/--kid/--isc/--prc/--accuracy (samples)")
     if limit < 0 or kid_subsets < 1 or isc_splits < 1:
         raise UserError("--limit must not be negative; --kid-subsets and --isc-splits must be at least 1")
     if not recon:
-        _eval_samples(samples, ref, wanted, inception_weights, dims, Source(batch_size, size, limit, num_workers), save_stats, json_path, device)
+        space = partial(_feature_space, features, classifier, inception_weights, dims, accuracy)
+        _eval_samples(samples, ref, wanted, space, Source(batch_size, size, limit, num_workers), save_stats, json_path, device)
         return
     if not shards:
         raise UserError("--recon needs image shards to evaluate on")
@@ -99,12 +106,24 @@ def eval_command(
     _print(result)
 
 
-def _eval_samples(samples, ref, wanted: Wanted, weights, dims, source: Source, save_stats, json_path, device) -> None:
+def _feature_space(features: str, classifier: Path | None, weights: Path | None, dims: int, accuracy: bool, device):
+    if features == "classifier":
+        if classifier is None:
+            raise UserError("--features classifier needs --classifier MODEL_DIR (from ldm train-classifier)")
+        return classifier_space(classifier, device)
+    if features != "inception":
+        raise UserError(f"--features must be inception or classifier, got '{features}'")
+    if accuracy:
+        raise UserError("--accuracy needs --features classifier --classifier MODEL_DIR")
+    return inception_space(weights, dims, device)
+
+
+def _eval_samples(samples, ref, wanted: Wanted, make_space, source: Source, save_stats, json_path, device) -> None:
     if samples is None:
         raise UserError("sample metrics need --samples DIR_OR_SHARDS")
     env = distributed.setup(device)
     try:
-        space = inception_space(weights, dims, env.device)
+        space = make_space(env.device)
         console = Console(stderr=True)
         with Progress(TextColumn("features"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, disable=not env.is_main) as bar:
             task = bar.add_task("features", total=None)

@@ -1,9 +1,4 @@
-"""`ldm eval` sample metrics end to end: a feature space, samples and reference in, figures out.
-
-A feature space maps uint8 images to {"features": N x D, "logits": N x C}; FID/KID/precision-recall use
-"features", Inception Score the logits. Its name goes into saved statistics so that a reference saved
-in one space is never compared with samples measured in another.
-"""
+"""`ldm eval` sample metrics end to end: a feature space, samples and reference in, figures out."""
 
 from __future__ import annotations
 
@@ -15,17 +10,11 @@ import numpy as np
 import torch
 
 from ldmcli.errors import UserError
-from ldmcli.metrics.features import extract, uint8_batches
+from ldmcli.metrics.features import FeatureSpace, extract, uint8_batches
 from ldmcli.metrics.fid import feature_statistics, load_statistics, save_statistics
 from ldmcli.metrics.inception import FEATURE_DIMS, load_inception
 from ldmcli.metrics.quality import Wanted, sample_metrics
 from ldmcli.train.distributed import DistEnv
-
-
-@dataclass
-class FeatureSpace:
-    name: str
-    embed: Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
 def inception_space(weights: Path | None, dims: int, device: torch.device) -> FeatureSpace:
@@ -81,6 +70,5 @@ def evaluate_samples(
             save_statistics(save_stats, *feature_statistics(ref_features["features"]), space.name)
     sample_features = features_of(samples)
     result["images"] = len(sample_features["features"])
-    ref_matrix = None if ref_features is None else ref_features["features"]
-    result |= sample_metrics(sample_features["features"], wanted, ref_matrix, ref_stats, sample_features.get("logits"))
+    result |= sample_metrics(sample_features, wanted, ref_features, ref_stats)
     return result

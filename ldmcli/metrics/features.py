@@ -9,6 +9,7 @@ Under torchrun each rank reads its share and the rows are gathered on every rank
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,16 @@ from ldmcli.errors import UserError
 from ldmcli.train.distributed import DistEnv
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass
+class FeatureSpace:
+    """Maps uint8 images to {"features": N x D, "logits": N x C}: FID/KID/precision-recall use the
+    features, Inception Score and accuracy the logits. The name goes into saved statistics so that a
+    reference saved in one space is never compared with samples measured in another."""
+
+    name: str
+    embed: Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
 def image_files(source: str) -> list[Path] | None:

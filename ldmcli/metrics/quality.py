@@ -1,5 +1,5 @@
 """Sample-quality figures from feature matrices: FID and KID (ours), Inception Score and
-precision/recall (torch-fidelity's functions on our features), in one dict for `ldm eval --json`.
+precision/recall (torch-fidelity's functions on our features), class accuracy, in one dict for `ldm eval --json`.
 
 The reference side is either features (images were given) or saved statistics (an npz): statistics
 carry only mu and sigma, so they serve FID alone; KID and precision/recall need the reference images.
@@ -22,6 +22,7 @@ class Wanted:
     kid: bool = False
     isc: bool = False
     prc: bool = False
+    accuracy: bool = False
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     isc_splits: int = 10
@@ -33,11 +34,13 @@ class Wanted:
         return self.fid or self.kid or self.prc
 
 
-def sample_metrics(samples: np.ndarray, wanted: Wanted, ref: np.ndarray | None = None, ref_stats=None, logits: np.ndarray | None = None) -> dict:
-    """Figures for samples (N x D features) against reference features or (mu, sigma); `logits` for IS."""
+def sample_metrics(sample_rows: dict[str, np.ndarray], wanted: Wanted, ref_rows: dict[str, np.ndarray] | None = None, ref_stats=None) -> dict:
+    """Figures for samples against reference rows or (mu, sigma); rows are "features", "logits", "cls"."""
     from torch_fidelity.metric_isc import isc_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
 
+    samples, logits = sample_rows["features"], sample_rows["logits"]
+    ref = None if ref_rows is None else ref_rows["features"]
     result: dict = {}
     if wanted.fid:
         mu, sigma = feature_statistics(samples)
@@ -62,4 +65,18 @@ def sample_metrics(samples: np.ndarray, wanted: Wanted, ref: np.ndarray | None =
             prc_neighborhood=wanted.prc_neighborhood, prc_batch_size=10000, save_cpu_ram=False, verbose=False,
         )
         result["precision"], result["recall"], result["f_score"] = prc["precision"], prc["recall"], prc["f_score"]
+    if wanted.accuracy:
+        result["accuracy"] = classification_accuracy(logits, sample_rows["cls"], "samples")
+        if ref_rows is not None and (ref_rows["cls"] >= 0).any():
+            result["ref_accuracy"] = classification_accuracy(ref_rows["logits"], ref_rows["cls"], "reference")
     return result
+
+
+def classification_accuracy(logits: np.ndarray, labels: np.ndarray, what: str) -> float:
+    """Share of labelled images (label >= 0) whose arg-max class is their label."""
+    labels = labels.astype(np.int64)
+    known = labels >= 0
+    if not known.any():
+        raise UserError(f"--accuracy needs class labels on the {what}: shards with .cls, or PNGs from ldm sample with a class model")
+    return float((logits[known].argmax(axis=1) == labels[known]).mean())
+

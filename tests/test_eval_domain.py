@@ -1,0 +1,111 @@
+"""`ldm eval --features classifier`: FID/KID in a classifier's feature space and class accuracy of
+labelled samples, with a tiny classifier trained through the CLI, against the classifier run by hand."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image, PngImagePlugin
+from pytorch_fid.fid_score import calculate_frechet_distance
+from safetensors.torch import load_file
+
+from ldmcli.classifier import Classifier, ClassifierModelConfig
+
+TINY = [
+    "--set", "model.channels=8", "--set", "model.stages=2", "--set", "data.size=16", "--set", "data.flip=false",
+    "--set", "train.batch_size=32", "--set", "train.lr=1e-2", "--set", "data.shuffle_buffer=64",
+    "--set", "data.epoch_samples=200", "--set", "data.num_workers=0", "--set", "train.steps=120", "--set", "train.ema_decay=0.9",
+]
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(digits_shards, tmp_path_factory):
+    run = tmp_path_factory.mktemp("clf") / "run"
+    result = run_cli("train-classifier", digits_shards, "--out", run, *TINY, "--quiet")
+    assert result.exit_code == 0, result.output
+    return run / "model"
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits-val")
+    result = run_cli("data", "build", "digits", "--split", "val", "--out", out, "--size", "16", "--count", "60", "--shard-size", "60")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _shard_images(shard_dir):
+    """(uint8 N x 16 x 16 x 3, labels) read straight from the tar."""
+    images, labels = {}, {}
+    for shard in sorted(shard_dir.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                data = tar.extractfile(m).read()
+                if ext == "png":
+                    images[key] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+                elif ext == "cls":
+                    labels[key] = int(data)
+    keys = sorted(images)
+    return np.stack([images[k] for k in keys]), np.array([labels[k] for k in keys])
+
+
+def _write_samples(out, images, labels):
+    """PNGs as `ldm sample` writes them for a class model: the class in an iTXt chunk."""
+    out.mkdir()
+    for i, (img, c) in enumerate(zip(images, labels)):
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("class", str(int(c)))
+        Image.fromarray(img).save(out / f"{i:05d}.png", pnginfo=info)
+    return out
+
+
+def _by_hand(classifier_dir, images):
+    model = Classifier(ClassifierModelConfig(num_classes=10, channels=8, stages=2)).eval()
+    model.load_state_dict(load_file(str(classifier_dir / "ema.safetensors")))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        features = model.embed(x)
+        return features.double().numpy(), model.head(features).argmax(1).numpy()
+
+
+def test_domain_fid_and_accuracy_equal_the_classifier_by_hand(classifier_dir, held_out, tmp_path):
+    images, labels = _shard_images(held_out)
+    samples = _write_samples(tmp_path / "samples", images[:30], labels[:30])
+    wrong = _write_samples(tmp_path / "wrong", images[:30], (labels[:30] + 1) % 10)
+    common = ["--features", "classifier", "--classifier", classifier_dir, "--batch-size", "16"]
+
+    out = tmp_path / "domain.json"
+    result = run_cli("eval", "--fid", "--kid", "--accuracy", "--samples", samples, "--ref", held_out, "--kid-subset-size", "20",
+                     "--kid-subsets", "10", "--json", out, *common)
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    features, predicted = _by_hand(classifier_dir, images)
+    ref_accuracy = float((predicted == labels).mean())
+    assert ref_accuracy > 0.5  # the tiny classifier has learned digits
+    assert figures["ref_accuracy"] == pytest.approx(ref_accuracy, abs=1e-12)
+    assert figures["accuracy"] == pytest.approx(float((predicted[:30] == labels[:30]).mean()), abs=1e-12)
+    expected = calculate_frechet_distance(features[:30].mean(0), np.cov(features[:30], rowvar=False), features.mean(0), np.cov(features, rowvar=False))
+    assert figures["fid"] == pytest.approx(expected, rel=1e-4)
+    assert figures["features"].startswith("classifier-") and figures["images"] == 30 and figures["ref_images"] == 60
+
+    mislabelled = run_cli("eval", "--accuracy", "--samples", wrong, "--json", tmp_path / "wrong.json", *common)
+    assert mislabelled.exit_code == 0, mislabelled.output
+    assert json.loads((tmp_path / "wrong.json").read_text())["accuracy"] < figures["accuracy"] - 0.3
+
+
+def test_accuracy_needs_labels_and_a_classifier(classifier_dir, tmp_path):
+    unlabelled = tmp_path / "plain"
+    unlabelled.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(unlabelled / f"{i}.png")
+    result = run_cli("eval", "--accuracy", "--samples", unlabelled, "--features", "classifier", "--classifier", classifier_dir)
+    assert result.exit_code == 2 and "needs class labels" in result.output
+    result = run_cli("eval", "--accuracy", "--samples", unlabelled)
+    assert result.exit_code == 2 and "--features classifier" in result.output
+    result = run_cli("eval", "--fid", "--samples", unlabelled, "--ref", unlabelled, "--features", "classifier")
+    assert result.exit_code == 2 and "--classifier MODEL_DIR" in result.output
