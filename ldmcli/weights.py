@@ -35,9 +35,19 @@ def read_weights(path: Path | str, what: str = "weights") -> object:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise UserError(
-            f"cannot read {what} from {path}: neither safetensors nor a pickle of plain tensors "
+            f"cannot read {what} from {path}: not safetensors, and as a pickle it holds more than plain tensors "
             f"({_unpickler_detail(err)}); ldmcli never unpickles anything else"
         ) from None
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"cannot read {what} from {path}: {first[:200]}") from None
+
+
+def read_state_dict(path: Path | str, what: str = "weights") -> dict[str, torch.Tensor]:
+    """A flat dict of tensors (a checkpoint's "state_dict" entry when it has one); anything else is refused."""
+    state = read_weights(path, what)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors")
+    return state

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ldmcli.errors import UserError
-from ldmcli.weights import read_weights
+from ldmcli.weights import read_state_dict
 
 BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 
@@ -43,19 +43,12 @@ def resolve_weights(net: str, path: str | Path | None) -> Path:
     return path
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    state = read_weights(path, "LPIPS backbone weights")
-    if not isinstance(state, dict):
-        raise UserError(f"{path} does not hold a state dict")
-    return state
-
-
 def load_lpips(net: str = "alex", weights: str | Path | None = None) -> nn.Module:
     """A frozen LPIPS module in eval mode; call it on images in [-1, 1], it returns (B, 1, 1, 1)."""
     import lpips
 
     path = resolve_weights(net, weights)
-    state = _read_state(path)
+    state = read_state_dict(path, "LPIPS backbone weights")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from ldmcli.autoencoder.config import AutoencoderConfig
 from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.errors import UserError
-from ldmcli.weights import read_weights
+from ldmcli.weights import read_state_dict
 
 FORMATS = ("diffusers", "compvis")
 _RES = {"diffusers": ("norm1", "conv1", "norm2", "conv2", "conv_shortcut"), "compvis": ("norm1", "conv1", "norm2", "conv2", "nin_shortcut")}
@@ -234,16 +234,6 @@ def compvis_first_stage(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {k: v for k, v in state.items() if not k.startswith("loss.")}
 
 
-def read_state_file(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file, or from a legacy pickle checkpoint read with weights_only=True."""
-    state = read_weights(path)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} does not hold a state dict of tensors")
-    return state
-
-
 def _load_into(cfg: AutoencoderConfig, ours: dict[str, torch.Tensor], source: Path) -> Autoencoder:
     model = Autoencoder(cfg)
     own = model.state_dict()
@@ -278,10 +268,10 @@ def import_autoencoder(source: Path) -> Autoencoder:
         weights = next((f for f in files if f.is_file()), None)
         if weights is None:
             raise UserError(f"no diffusion_pytorch_model.safetensors in {source}")
-        return _load_into(cfg, import_state(read_state_file(weights), cfg, "diffusers"), weights)
+        return _load_into(cfg, import_state(read_state_dict(weights), cfg, "diffusers"), weights)
     if not source.is_file():
         raise UserError(f"not found: {source}")
-    state = compvis_first_stage(read_state_file(source))
+    state = compvis_first_stage(read_state_dict(source))
     cfg = config_from_compvis(state)
     return _load_into(cfg, import_state(state, cfg, "compvis"), source)
 

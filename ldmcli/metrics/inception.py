@@ -11,14 +11,12 @@ pytorch-fid's file (`pt_inception-...`) and torch-fidelity's (`weights-inception
 from __future__ import annotations
 
 import io
-import pickle
-import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ldmcli.errors import UserError
+from ldmcli.weights import read_state_dict
 
 FILE_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FIDELITY_FILE_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -47,31 +45,12 @@ def resolve_inception_weights(path: Path | None) -> Path:
     return default
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A dict of tensors from safetensors or a weights-only pickle; anything else is refused."""
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"{path} holds more than plain tensors; ldmcli reads only safetensors or weights-only pickles") from None
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"cannot read Inception weights from {path}: {first[:200]}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} does not hold a state dict of tensors")
-    return state
-
-
 def load_inception(path: Path | None, features: list[str], device: torch.device) -> torch.nn.Module:
     """torch-fidelity's Inception returning `features` (e.g. ["2048", "logits_unbiased"]) for uint8 images."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     weights = resolve_inception_weights(path)
-    state = read_state_dict(weights)
+    state = read_state_dict(weights, "Inception weights")
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
