@@ -189,3 +189,16 @@ def test_a_long_thin_image_is_cropped_before_it_is_resized():
     out = decode_sample({"__key__": "k", "png": strip}, size=64, crop="random", rng=random.Random(0))
     assert out["image"].shape == (3, 64, 64) and (out["image"] == 200).all()
     assert rss("VmHWM") - before < 100 * 2**20
+
+
+def test_resume_after_a_kill_that_cut_a_metrics_line_short(tmp_path):
+    (tmp_path / "data").mkdir()
+    write_tar(tmp_path / "data" / "d-000000.tar", [{"__key__": f"{i:03d}", "png": noise_png(i)} for i in range(8)])
+    run = tmp_path / "run"
+    args = [*TINY_UNET, "--set", "train.steps=2", "--set", "train.ckpt_every=2", "--set", "preview.n=2"]
+    assert run_cli("train-diffusion", tmp_path / "data", "--out", run, *args).exit_code == 0
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 3, "lo')
+    result = run_cli("train-diffusion", "--resume", run, "--set", "train.steps=4", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

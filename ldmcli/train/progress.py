@@ -64,14 +64,24 @@ class RunDisplay:
             self.progress.stop()
 
 
+def _logged_step(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a blank line or one a kill cut short."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
 class MetricsLog:
-    """metrics.jsonl: one JSON object per log interval; resuming drops records past the checkpoint."""
+    """metrics.jsonl: one JSON object per log interval; resuming drops records past the checkpoint
+    and any line that a kill left half-written."""
 
     def __init__(self, path: Path, enabled: bool, resume_step: int | None):
         self.path = Path(path)
         self.enabled = enabled
         if enabled and resume_step is not None and self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            lines = self.path.read_text(errors="replace").splitlines()
+            kept = [ln for ln in lines if (step := _logged_step(ln)) is not None and step <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in kept))
 
     def write(self, record: dict) -> None:
