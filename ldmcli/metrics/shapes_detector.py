@@ -1,0 +1,120 @@
+"""A detector for `shapes` scenes that needs no learning: what a prompt-adherence judge looks at.
+
+Scenes are solid shapes from a known palette on a plain background, drawn anti-aliased. Each pixel is
+read as a mix of the background and one palette colour, p = bg + a (c - bg): the colour whose line
+through the background fits the pixel best names it, and a is its coverage. Connected pixels of one
+colour are one object; summing coverage gives sub-pixel area and extents, so shape descriptors hold at
+6 pixels a side: the area over (widest row x tallest column) is 1 for a square, pi/4 for a circle and
+1/2 for a triangle, and only a triangle's coverage is lopsided along an axis (skewness -0.57). Size, position and relations use the vocabulary of ldmcli.data.shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ldmcli.data.shapes import COLORS, POSITIONS, SIZES
+
+_PALETTE = np.array(list(COLORS.values()), dtype=np.float64)
+_NAMES = list(COLORS)
+_MIN_COVERAGE = 0.25  # a pixel less covered than this is left to the background
+_MAX_RESIDUAL = 40.0  # RGB distance from the background-to-colour line still read as that colour
+_MIN_AREA = 0.004  # of the image: smaller blobs are noise (a small triangle covers 0.02)
+_SIZE_SPLIT = (SIZES["small"] + SIZES["large"]) / 2
+
+
+@dataclass
+class Detection:
+    shape: str
+    color: str
+    size: str
+    position: str
+    center: tuple[float, float]  # bounding-box centre (sub-pixel, from coverage), fractions of the image (x, y)
+    area: float  # covered pixels
+    fill: float  # area / (widest row x tallest column)
+    skew: float  # skewness of the coverage along the more lopsided axis
+
+
+def background_colour(image: np.ndarray) -> np.ndarray:
+    """Median of the border pixels: shapes keep clear of the edges, so the border is background."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float64)
+    return np.median(border, axis=0)
+
+
+def _colour_map(image: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: index of the best-fitting palette colour (-1: background) and its coverage."""
+    p = image.astype(np.float64) - bg  # H x W x 3
+    d = _PALETTE - bg  # K x 3
+    alpha = np.clip(np.einsum("hwc,kc->hwk", p, d) / (d * d).sum(1), 0, 1)
+    residual = np.linalg.norm(p[:, :, None, :] - alpha[..., None] * d, axis=-1)
+    best = residual.argmin(-1)
+    coverage = np.take_along_axis(alpha, best[..., None], -1)[..., 0]
+    keep = (coverage >= _MIN_COVERAGE) & (np.take_along_axis(residual, best[..., None], -1)[..., 0] <= _MAX_RESIDUAL)
+    return np.where(keep, best, -1), np.where(keep, coverage, 0.0)
+
+
+def _skewness(profile: np.ndarray) -> float:
+    """Third standardised moment of a coverage profile: 0 for a circle or square, -0.57 for a
+    triangle standing on its base (mass towards the bottom), whatever its size or sub-pixel offset."""
+    t = np.arange(len(profile), dtype=np.float64)
+    mass = profile.sum()
+    mean = (profile * t).sum() / mass
+    var = (profile * (t - mean) ** 2).sum() / mass
+    if var < 1e-9:  # a one-pixel line: no spread to be lopsided in
+        return 0.0
+    return float((profile * (t - mean) ** 3).sum() / mass / var**1.5)
+
+
+def _classify(fill: float, skew: float, aspect: float) -> str:
+    if aspect > 1.5:  # every shape of the vocabulary is as wide as it is tall
+        return "other"
+    if abs(skew) > 0.3 or fill < 0.64:
+        return "triangle"
+    return "square" if fill > 0.89 else "circle"
+
+
+def _nearest_position(x: float, y: float) -> str:
+    return min(POSITIONS, key=lambda name: (POSITIONS[name][0] - x) ** 2 + (POSITIONS[name][1] - y) ** 2)
+
+
+def detect(image: np.ndarray) -> list[Detection]:
+    """The objects of an H x W x 3 uint8 scene, largest first."""
+    h, w = image.shape[:2]
+    colours, coverage = _colour_map(image, background_colour(image))
+    found = []
+    for k, name in enumerate(_NAMES):
+        labels, n = ndimage.label(colours == k, structure=np.ones((3, 3)))
+        for index in range(1, n + 1):
+            a = np.where(labels == index, coverage, 0.0)
+            area = a.sum()
+            if area < _MIN_AREA * h * w:
+                continue
+            rows, cols = a.sum(1), a.sum(0)
+            fill = area / (rows.max() * cols.max())
+            skew_y, skew_x = _skewness(rows), _skewness(cols)
+            skew = max(skew_y, skew_x, key=abs)
+            shape = _classify(fill, skew, max(rows.max(), cols.max()) / min(rows.max(), cols.max()))
+            cx = ((cols * np.arange(w)).sum() / area + 0.5) / w
+            cy = ((rows * np.arange(h)).sum() / area + 0.5) / h
+            if shape == "triangle":  # its centroid sits a sixth of its height off the box centre, towards the base
+                if abs(skew_y) >= abs(skew_x):
+                    cy += np.sign(skew_y) * cols.max() / 6 / h
+                else:
+                    cx += np.sign(skew_x) * rows.max() / 6 / w
+            side = np.sqrt(rows.max() * cols.max() / (h * w))
+            found.append(Detection(shape, name, "large" if side > _SIZE_SPLIT else "small", _nearest_position(cx, cy), (cx, cy), float(area), float(fill), skew))
+    return sorted(found, key=lambda d: -d.area)
+
+
+def relation_holds(a: Detection, word: str, b: Detection, tolerance: float = 0.02) -> bool:
+    """Whether `a` is `word` ("above", "below", "to the left of", "to the right of") `b`, by the rule
+    captions are written with: on that side, along the axis where they are further apart. Within
+    `tolerance` (a fraction of the image) of the diagonal both axes count: the pixels cannot tell."""
+    dx, dy = a.center[0] - b.center[0], a.center[1] - b.center[1]
+    if word in ("above", "below"):
+        return (dy < 0) == (word == "above") and abs(dy) >= abs(dx) - tolerance
+    if word in ("to the left of", "to the right of"):
+        return (dx < 0) == (word == "to the left of") and abs(dx) >= abs(dy) - tolerance
+    raise ValueError(f"unknown relation {word!r}")
