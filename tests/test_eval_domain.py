@@ -109,3 +109,17 @@ def test_accuracy_needs_labels_and_a_classifier(classifier_dir, tmp_path):
     assert result.exit_code == 2 and "--features classifier" in result.output
     result = run_cli("eval", "--fid", "--samples", unlabelled, "--ref", unlabelled, "--features", "classifier")
     assert result.exit_code == 2 and "--classifier MODEL_DIR" in result.output
+
+
+def test_shards_as_samples_with_limit_and_saved_statistics(classifier_dir, held_out, digits_shards, tmp_path):
+    common = ["--features", "classifier", "--classifier", classifier_dir, "--batch-size", "16", "--limit", "40"]
+    stats, first, second = tmp_path / "val.npz", tmp_path / "a.json", tmp_path / "b.json"
+    result = run_cli("eval", "--fid", "--samples", digits_shards, "--ref", held_out, "--save-stats", stats, "--json", first, *common)
+    assert result.exit_code == 0, result.output
+    figures = json.loads(first.read_text())
+    assert figures["images"] == 40 and figures["ref_images"] == 40
+    result = run_cli("eval", "--fid", "--samples", digits_shards, "--ref", stats, "--json", second, *common)
+    assert result.exit_code == 0, result.output
+    assert json.loads(second.read_text())["fid"] == pytest.approx(figures["fid"], rel=1e-9)
+    with np.load(stats) as saved:
+        assert str(saved["features"]) == figures["features"] and saved["mu"].shape == (16,)  # 8 channels x 2 stages
