@@ -3,6 +3,9 @@ labelled samples, with a tiny classifier trained through the CLI, against the cl
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -123,3 +126,20 @@ def test_shards_as_samples_with_limit_and_saved_statistics(classifier_dir, held_
     assert json.loads(second.read_text())["fid"] == pytest.approx(figures["fid"], rel=1e-9)
     with np.load(stats) as saved:
         assert str(saved["features"]) == figures["features"] and saved["mu"].shape == (16,)  # 8 channels x 2 stages
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_give_the_single_process_figures(classifier_dir, held_out, tmp_path):
+    images, labels = _shard_images(held_out)
+    samples = _write_samples(tmp_path / "samples", images[:31], labels[:31])  # odd: ranks get 16 and 15
+    args = ["eval", "--fid", "--kid", "--accuracy", "--samples", str(samples), "--ref", str(held_out), "--kid-subset-size", "20",
+            "--features", "classifier", "--classifier", str(classifier_dir), "--batch-size", "8"]
+    assert run_cli(*args, "--json", tmp_path / "one.json").exit_code == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ldmcli", *args,
+           "--json", str(tmp_path / "two.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert (two["images"], two["ref_images"]) == (31, 60)
+    assert two["fid"] == pytest.approx(one["fid"], rel=1e-6)
+    assert (two["accuracy"], two["ref_accuracy"]) == (one["accuracy"], one["ref_accuracy"])

@@ -3,7 +3,9 @@
 Feature networks get the 8-bit pictures a user would see (uint8, Bx3xHxW), as torch-fidelity and
 pytorch-fid do, so figures equal theirs on the same files. A folder of images is read in sorted order;
 its class label, when `ldm sample` wrote one, comes from the PNG text chunk "class" (-1 otherwise).
-Under torchrun each rank reads its share and the rows are gathered on every rank at the end.
+Under torchrun each rank reads its share and the rows are gathered on every rank at the end: FID and
+accuracy do not depend on row order; KID subsets and IS splits are drawn over rows in rank order, so
+those differ slightly (within their std) from a single process's.
 """
 
 from __future__ import annotations
