@@ -143,3 +143,23 @@ def test_two_ranks_under_torchrun_give_the_single_process_figures(classifier_dir
     assert (two["images"], two["ref_images"]) == (31, 60)
     assert two["fid"] == pytest.approx(one["fid"], rel=1e-6)
     assert (two["accuracy"], two["ref_accuracy"]) == (one["accuracy"], one["ref_accuracy"])
+
+
+def test_corrupt_samples_are_skipped_and_counted(classifier_dir, held_out, tmp_path):
+    shard = tmp_path / "with-bad" / "bad-000000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(next(held_out.glob("*.tar"))) as src, tarfile.open(shard, "w") as dst:
+        for member in src.getmembers():
+            dst.addfile(member, src.extractfile(member))
+        for name, data in (("zzbad.png", b"not a png"), ("zzbad.cls", b"3")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    out = tmp_path / "skip.json"
+    result = run_cli("eval", "--fid", "--samples", shard.parent, "--ref", held_out, "--json", out,
+                     "--features", "classifier", "--classifier", classifier_dir)
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    assert (figures["images"], figures["skipped"], figures["ref_images"], figures["ref_skipped"]) == (60, 1, 60, 0)
+    assert figures["fid"] == pytest.approx(0.0, abs=1e-6)  # the same 60 images on both sides
+    assert "skipped corrupt samples: 1" in result.output

@@ -141,6 +141,8 @@ def _eval_samples(samples, ref, wanted: Wanted, make_space, source: Source, save
         if isinstance(value, float):
             table.add_row(name, f"{value:.6g}")
     Console().print(table)
+    if result["skipped"] or result.get("ref_skipped"):
+        Console(stderr=True).print(f"skipped corrupt samples: {result['skipped']} of the samples, {result.get('ref_skipped', 0)} of the reference")
 
 
 def _write_json(path: Path | None, result: dict) -> None:

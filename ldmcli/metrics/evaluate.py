@@ -53,22 +53,23 @@ def evaluate_samples(
     """Figures of `samples` against `ref` (images, or an npz of statistics) in `space`."""
     if ref is None and (wanted.needs_reference or save_stats is not None):
         raise UserError("--fid, --kid, --prc and --save-stats need --ref SHARDS_OR_STATS")
+    result: dict = {"features": space.name}
 
-    def features_of(where: str) -> dict[str, np.ndarray]:
+    def features_of(where: str, side: str) -> dict[str, np.ndarray]:
         batches = uint8_batches(where, source.batch_size, source.size, env, source.limit, source.num_workers)
-        return extract(batches, space.embed, env, on_batch)
+        rows, result[f"{side}skipped"] = extract(batches, space.embed, env, on_batch)
+        result[f"{side}images"] = len(rows["features"])
+        return rows
 
-    ref_features, ref_stats, result = None, None, {"features": space.name}
+    ref_features, ref_stats = None, None
     if ref is not None and ref.endswith(".npz"):
         if save_stats is not None:
             raise UserError("--save-stats saves the statistics of reference images; --ref is already a statistics file")
         ref_stats = load_statistics(Path(ref), space.name)
     elif ref is not None:
-        ref_features = features_of(ref)
-        result["ref_images"] = len(ref_features["features"])
+        ref_features = features_of(ref, "ref_")
         if save_stats is not None and env.is_main:
             save_statistics(save_stats, *feature_statistics(ref_features["features"]), space.name)
-    sample_features = features_of(samples)
-    result["images"] = len(sample_features["features"])
+    sample_features = features_of(samples, "")
     result |= sample_metrics(sample_features, wanted, ref_features, ref_stats)
     return result

@@ -100,13 +100,16 @@ def uint8_batches(source: str, batch_size: int, size: int | None, env: DistEnv, 
             return
 
 
-def gather_rows(env: DistEnv, rows: np.ndarray) -> np.ndarray:
-    """Every rank's rows, concatenated in rank order, on every rank."""
+def gather(env: DistEnv, rows: dict[str, np.ndarray], skipped: int) -> tuple[dict[str, np.ndarray], int]:
+    """Every rank's rows, concatenated in rank order, and the summed skip count, on every rank.
+    A rank that read nothing sends an empty dict, so that no rank waits for it."""
     if not env.distributed:
-        return rows
+        return rows, skipped
     parts: list = [None] * env.world_size
-    dist.all_gather_object(parts, rows)
-    return np.concatenate(parts)
+    dist.all_gather_object(parts, (rows, skipped))
+    names = [name for part, _ in parts for name in part]
+    merged = {name: np.concatenate([part[name] for part, _ in parts if name in part]) for name in dict.fromkeys(names)}
+    return merged, sum(n for _, n in parts)
 
 
 @torch.no_grad()
@@ -115,14 +118,18 @@ def extract(
     embed: Callable[[torch.Tensor], dict[str, torch.Tensor]],
     env: DistEnv,
     on_batch: Callable[[int], None] = lambda n: None,
-) -> dict[str, np.ndarray]:
-    """Feature matrices (float64, one row per image) named as `embed` names them, plus "cls" labels."""
+) -> tuple[dict[str, np.ndarray], int]:
+    """Feature matrices (float64, one row per image) named as `embed` names them, plus "cls" labels,
+    and the number of corrupt samples the shard reader skipped."""
     parts: dict[str, list[np.ndarray]] = {}
+    skipped = 0
     for batch in batches:
         out = embed(batch["image"].to(env.device)) | {"cls": batch["cls"]}
         for name, value in out.items():
             parts.setdefault(name, []).append(value.detach().cpu().double().numpy())
+        skipped += int(batch.get("n_skipped", 0))
         on_batch(batch["image"].shape[0])
-    if not parts:
+    rows, skipped = gather(env, {name: np.concatenate(chunks) for name, chunks in parts.items()}, skipped)
+    if not rows:
         raise UserError("no images to evaluate")
-    return {name: gather_rows(env, np.concatenate(chunks)) for name, chunks in parts.items()}
+    return rows, skipped
