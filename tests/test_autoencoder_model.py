@@ -157,3 +157,26 @@ def test_tiled_autoencoder_is_close_to_untiled():
         assert zt.shape == z.shape
         assert (zt - z).abs().mean() < 0.25 * z.abs().mean()  # GroupNorm sees each tile alone
         assert tiled_decode(model, z, tile=16, overlap=8).shape == x.shape
+
+
+def test_logvar_init_sets_the_posterior_log_variance_bias_only():
+    torch.manual_seed(0)
+    model = Autoencoder(tiny(logvar_init=-6.0))
+    bias = model.quant_conv.bias
+    assert (bias[3:] == -6.0).all() and (bias[:3] != -6.0).all()
+    post = model.posterior(torch.randn(2, 3, 16, 16))
+    assert post.std.mean() < 0.1  # early samples are nearly the mean
+    no_qc = Autoencoder(tiny(logvar_init=-4.0, quant_conv=False, embed_dim=3))
+    assert (no_qc.encoder.conv_out.bias[3:] == -4.0).all()
+
+
+def test_feature_matching_and_discriminator_wait_for_feature_matching_start():
+    torch.manual_seed(0)
+    criterion = AutoencoderLoss(LossConfig(perceptual="none", feature_matching_weight=0.1, feature_matching_start=3, disc_start=10), "kl")
+    model, disc = Autoencoder(tiny()), PatchDiscriminator(3, 8, 2)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    recon, aux = model(x)
+    _, logs = criterion.generator(x, recon, aux, torch.tensor(0.0), disc, model.last_layer(), step=2)
+    assert "feature_matching" not in logs and not criterion.disc_trains(2)
+    _, logs = criterion.generator(x, recon, aux, torch.tensor(0.0), disc, model.last_layer(), step=3)
+    assert "feature_matching" in logs and criterion.disc_trains(3) and "g_loss" not in logs

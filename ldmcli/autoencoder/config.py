@@ -37,6 +37,11 @@ class AutoencoderConfig:
     ema_decay: float = 0.99
     restart_dead_codes: bool = True
     dead_code_usage: float = 0.03
+    # KL only: initial bias of the posterior's log-variance outputs. At 0 the first samples carry
+    # unit-variance noise on latents of much smaller scale, which swamps the signal early in a short
+    # training; e.g. -6 starts with std 0.05 (the KL term still pulls it toward 0 as training goes on).
+    # Only the initialisation changes: weights, layout and interop are the same.
+    logvar_init: float = 0.0
     # Set on import from diffusers (e.g. 0.18215 for SD's KL-f8); `ldm encode` measures its own.
     scaling_factor: float | None = None
 
@@ -64,6 +69,9 @@ class LossConfig:
     disc_channels: int = 64
     disc_lr: float | None = None
     feature_matching_weight: float = 0.0
+    # Step where feature matching (and with it the discriminator's training) starts; a reconstruction-only
+    # phase before it lets the autoencoder learn the image first, without the cost of the discriminator.
+    feature_matching_start: int = 0
     max_adaptive_weight: float = 1e4
 
 

@@ -62,9 +62,12 @@ class AutoencoderLoss:
     def uses_discriminator(self) -> bool:
         return self.cfg.disc_weight > 0 or self.cfg.feature_matching_weight > 0
 
+    def feature_matching_on(self, step: int) -> bool:
+        return self.cfg.feature_matching_weight > 0 and step >= self.cfg.feature_matching_start
+
     def disc_trains(self, step: int) -> bool:
-        """Feature matching needs a trained discriminator from the start; the GAN alone waits for disc_start."""
-        return self.cfg.feature_matching_weight > 0 or (self.cfg.disc_weight > 0 and step >= self.cfg.disc_start)
+        """Feature matching needs a trained discriminator from feature_matching_start; the GAN waits for disc_start."""
+        return self.feature_matching_on(step) or (self.cfg.disc_weight > 0 and step >= self.cfg.disc_start)
 
     def perceptual(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         if self.lpips is None:
@@ -88,7 +91,7 @@ class AutoencoderLoss:
             logs["perceptual"] = p.mean().detach()
         gan_on = disc is not None and cfg.disc_weight > 0 and step >= cfg.disc_start
         logits_fake = None
-        if disc is not None and cfg.feature_matching_weight > 0:
+        if disc is not None and self.feature_matching_on(step):
             with torch.no_grad():
                 _, real_feats = disc(x, features=True)
             logits_fake, fake_feats = disc(recon, features=True)

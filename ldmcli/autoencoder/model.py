@@ -123,6 +123,10 @@ class Autoencoder(nn.Module):
         self.quantize = None if kl else VectorQuantizer(cfg.n_embed, cfg.embed_dim, cfg.beta, cfg.codebook, cfg.ema_decay, cfg.restart_dead_codes, cfg.dead_code_usage)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1) if cfg.quant_conv else None
         self.decoder = Decoder(cfg)
+        if kl and cfg.logvar_init:
+            out = self.quant_conv if self.quant_conv is not None else self.encoder.conv_out
+            with torch.no_grad():
+                out.bias[out.bias.shape[0] // 2 :].fill_(cfg.logvar_init)
 
     @property
     def factor(self) -> int:
