@@ -144,6 +144,13 @@ def test_two_ranks_under_torchrun_give_the_single_process_figures(classifier_dir
     assert two["fid"] == pytest.approx(one["fid"], rel=1e-6)
     assert (two["accuracy"], two["ref_accuracy"]) == (one["accuracy"], one["ref_accuracy"])
 
+    lonely = _write_samples(tmp_path / "one-sample", images[:1], labels[:1])  # rank 1 reads nothing
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ldmcli", "eval", "--accuracy",
+           "--samples", str(lonely), "--features", "classifier", "--classifier", str(classifier_dir), "--json", str(tmp_path / "lonely.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "lonely.json").read_text())["images"] == 1
+
 
 def test_corrupt_samples_are_skipped_and_counted(classifier_dir, held_out, tmp_path):
     shard = tmp_path / "with-bad" / "bad-000000.tar"
