@@ -134,7 +134,7 @@ def _eval_samples(samples, ref, wanted: Wanted, make_space, source: Source, save
         return
     result |= {"samples": samples, "ref": ref}
     _write_json(json_path, result)
-    table = Table(title=f"{result['images']} samples, {result['features']} features")
+    table = Table(title=f"{result['images']} samples", caption=f"features: {result['features']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result.items():
