@@ -1,7 +1,7 @@
 """The FID Inception network: torch-fidelity's module with weights that we read, never unpickle.
 
-torch-fidelity's FeatureExtractorInceptionV3 always loads its own weights, with
-torch.load(weights_only=False) on whatever path it is given. We read the user's file ourselves
+torch-fidelity's FeatureExtractorInceptionV3 always loads its own weights, with a full (code-running)
+unpickle of whatever path it is given. We read the user's file ourselves
 (safetensors, or torch.load(weights_only=True)), check it holds only tensors, and hand the library an
 in-memory copy that we serialised from those tensors: its unpickler then sees nothing but our bytes.
 pytorch-fid's file (`pt_inception-...`) and torch-fidelity's (`weights-inception-...`) hold the same
