@@ -88,7 +88,7 @@ def decode_image(data: bytes, *, size: int | None, crop: str, flip: bool, rng: r
         im = resize_crop(im, size, crop, rng)
     if flip and rng.random() < 0.5:
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(np.array(im, dtype=np.uint8).transpose(2, 0, 1)))
 
 
 def decode_latent(data: bytes, shape: Sequence[int] | None = None) -> torch.Tensor:
