@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from report import report
 
 
 def model_dir_from_checkpoint(run: Path) -> tuple[Path, int]:
@@ -71,10 +72,7 @@ def main() -> None:
     figures = json.loads(recon_json.read_text())
     result = {"recipe": args.recipe, "train_minutes": round(minutes, 2), "budget_minutes": args.minutes, "stopped_by_budget": stopped,
               "steps": step, **{k: figures[k] for k in ("images", "factor", "psnr", "bicubic_psnr", "ssim", "bicubic_ssim", "hf_ratio", "bicubic_hf_ratio", "lpips")}}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    for key, value in result.items():
-        print(f"{key}: {value}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

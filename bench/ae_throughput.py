@@ -7,7 +7,6 @@ same channel configuration, in bf16 autocast and fp32, measured in the same proc
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from ldmcli.autoencoder.config import AutoencoderRecipe
 from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.config import load_recipe
 from ldmcli.interop.autoencoder import config_to_diffusers
+from report import report
 
 
 def rates(fns, x: torch.Tensor, precision: str, repeats: int) -> list[float]:
@@ -62,10 +62,7 @@ def main() -> None:
     for what in ("encode", "decode"):
         for precision in ("bf16", "fp32"):
             result[f"ratio_{what}_{precision}"] = result[f"ldmcli_{what}_{precision}"] / result[f"diffusers_{what}_{precision}"]
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    for key, value in result.items():
-        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":
