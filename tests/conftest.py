@@ -29,3 +29,29 @@ def digits_shards(tmp_path_factory) -> Path:
     result = run_cli("data", "build", "digits", "--out", out, "--size", "16", "--count", "600", "--shard-size", "200")
     assert result.exit_code == 0, result.output
     return out
+
+
+TINY = [
+    "--set", "unet.model_channels=8", "--set", "unet.channel_mult=[1,2]", "--set", "unet.num_res_blocks=1",
+    "--set", "unet.attention_levels=[2]", "--set", "unet.num_heads=2", "--set", "data.size=16",
+    "--set", "data.num_workers=0", "--set", "data.shuffle_buffer=16", "--set", "train.batch_size=4",
+    "--set", "train.steps=2", "--set", "train.lr=0.01", "--quiet",
+]
+
+
+def train(tmp_path_factory, shards, *extra):
+    """A tiny diffusion model (2 steps at 16 px) trained through the CLI; returns its model dir."""
+    run = tmp_path_factory.mktemp("run")
+    result = run_cli("train-diffusion", shards, "--out", run, *TINY, *extra)
+    assert result.exit_code == 0, result.output
+    return run / "model"
+
+
+@pytest.fixture(scope="session")
+def text_model(tmp_path_factory):
+    shards = tmp_path_factory.mktemp("shapes")
+    result = run_cli("data", "build", "shapes", "--out", shards, "--size", "16", "--count", "24", "--shard-size", "24")
+    assert result.exit_code == 0, result.output
+    return train(tmp_path_factory, shards, "--set", "conditioner.kind=text", "--set", "conditioner.width=16",
+                 "--set", "conditioner.layers=1", "--set", "conditioner.heads=2", "--set", "conditioner.head_dim=8",
+                 "--set", "conditioner.max_length=16")

@@ -5,7 +5,7 @@ inpainting, and one-line errors."""
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, train
 from PIL import Image
 
 from ldmcli.autoencoder.config import KIND as AE_KIND
@@ -13,21 +13,6 @@ from ldmcli.autoencoder.config import AutoencoderConfig
 from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.diffusion.samplers import SAMPLERS
 from ldmcli.modeldir import save_model_dir
-
-TINY = [
-    "--set", "unet.model_channels=8", "--set", "unet.channel_mult=[1,2]", "--set", "unet.num_res_blocks=1",
-    "--set", "unet.attention_levels=[2]", "--set", "unet.num_heads=2", "--set", "data.size=16",
-    "--set", "data.num_workers=0", "--set", "data.shuffle_buffer=16", "--set", "train.batch_size=4",
-    "--set", "train.steps=2", "--set", "train.lr=0.01", "--quiet",
-]
-
-
-def train(tmp_path_factory, shards, *extra):
-    run = tmp_path_factory.mktemp("run")
-    result = run_cli("train-diffusion", shards, "--out", run, *TINY, *extra)
-    assert result.exit_code == 0, result.output
-    return run / "model"
-
 
 @pytest.fixture(scope="module")
 def class_model(digits_shards, tmp_path_factory):
@@ -42,16 +27,6 @@ def latent_model(digits_shards, tmp_path_factory):
     cfg = AutoencoderConfig(channels=8, channel_mult=[1, 2], num_res_blocks=1, mid_attention=False, z_channels=2, embed_dim=2)
     ae = save_model_dir(tmp_path_factory.mktemp("ae") / "model", AE_KIND, cfg, Autoencoder(cfg))
     return train(tmp_path_factory, digits_shards, "--ae", ae)
-
-
-@pytest.fixture(scope="module")
-def text_model(tmp_path_factory):
-    shards = tmp_path_factory.mktemp("shapes")
-    result = run_cli("data", "build", "shapes", "--out", shards, "--size", "16", "--count", "24", "--shard-size", "24")
-    assert result.exit_code == 0, result.output
-    return train(tmp_path_factory, shards, "--set", "conditioner.kind=text", "--set", "conditioner.width=16",
-                 "--set", "conditioner.layers=1", "--set", "conditioner.heads=2", "--set", "conditioner.head_dim=8",
-                 "--set", "conditioner.max_length=16")
 
 
 def sample(model, out, *args):

@@ -18,6 +18,7 @@ from ldmcli.data.builtin import BUILTINS, builtin_samples
 from ldmcli.data.folder import FolderSet
 from ldmcli.data.info import build_info, contact_sheet, sorted_classes, summarize
 from ldmcli.data.reader import resolve_shards
+from ldmcli.data.shapes import parse_hold_out
 from ldmcli.data.shards import ShardSink, check_name
 from ldmcli.errors import UserError
 
@@ -76,6 +77,7 @@ def build(
     split: Split = typer.Option(Split.train, "--split", help="Built-in sets: train, or the held-out val split."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Samples per shard."),
     name: Optional[str] = typer.Option(None, "--name", help="Shard name prefix (default: the set's or folder's name)."),
+    hold_out: str = typer.Option("", "--hold-out", help="shapes: colour-shape pairs never drawn, e.g. 'purple triangle, yellow square' (to test generalisation)."),
 ) -> None:
     """Write WebDataset shards from a built-in set or a folder of images.
 
@@ -84,6 +86,8 @@ def build(
     Example: ldm data build photos --out data/photos_val --split val --size 64
 
     Example: ldm data build ~/pictures/pets --out data/pets --size 128
+
+    Example: ldm data build shapes --out data/shapes --hold-out "purple triangle, yellow square"
     """
     _positive(size, "--size")
     _positive(count, "--count")
@@ -92,8 +96,13 @@ def build(
     if source in BUILTINS:
         if size is not None and size < 8:
             raise UserError(f"--size must be at least 8 for built-in sets, got {size}")
-        samples, total, args = builtin_samples(source, size, count, seed, split.value)
+        if hold_out and source != "shapes":
+            raise UserError("--hold-out is for the shapes set only")
+        extra = {"hold_out": [list(pair) for pair in parse_hold_out(hold_out)]} if hold_out else {}
+        samples, total, args = builtin_samples(source, size, count, seed, split.value, **extra)
         set_name = check_name(name or source)
+    elif hold_out:
+        raise UserError("--hold-out is for the shapes set only")
     elif Path(source).is_dir():
         folder = FolderSet(Path(source), size, count, seed, exclude=out)
         samples, total = folder, len(folder)

@@ -1,4 +1,5 @@
-"""`ldm eval`: one command, its flags pick the metrics (`--recon`; `--fid/--kid/--isc/--prc` of samples)."""
+"""`ldm eval`: one command, its flags pick the metrics (`--recon`; `--fid/--kid/--isc/--prc` of samples;
+`--prompts` of a text-to-image shapes model)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from rich.table import Table
 from ldmcli.autoencoder import load_autoencoder
 from ldmcli.autoencoder.evaluate import evaluate_recon
 from ldmcli.autoencoder.lpips_loader import default_weights_path, load_lpips
+from ldmcli.cli.eval_prompts import run_prompts
+from ldmcli.data.shapes import parse_hold_out
 from ldmcli.data.reader import eval_loader
 from ldmcli.errors import UserError
 from ldmcli.metrics.domain import classifier_space
 from ldmcli.metrics.evaluate import Source, evaluate_samples, inception_space
 from ldmcli.metrics.quality import Wanted
+from ldmcli.pipeline import Settings
 from ldmcli.train import distributed
 
 
@@ -37,6 +41,15 @@ def eval_command(
     kid: bool = typer.Option(False, "--kid", help="Kernel Inception Distance (needs reference images, not statistics)."),
     isc: bool = typer.Option(False, "--isc", help="Inception Score of --samples."),
     prc: bool = typer.Option(False, "--prc", help="Precision and recall (k = 3 nearest neighbours) against --ref."),
+    prompts: bool = typer.Option(False, "--prompts", help="Prompt adherence of a text-to-image shapes --model (GenEval-style categories)."),
+    model: Path = typer.Option(None, "--model", help="Diffusion model dir for --prompts."),
+    per_category: int = typer.Option(16, "--per-category", help="--prompts: prompts per category."),
+    n: int = typer.Option(4, "--n", help="--prompts: images per prompt."),
+    hold_out: str = typer.Option("", "--hold-out", help="--prompts: the colour-shape pairs held out of training (as given to ldm data build); half of each category's prompts name one."),
+    sampler: str = typer.Option("dpmpp_2m", "--sampler", help="--prompts: sampler."),
+    steps: int = typer.Option(25, "--steps", help="--prompts: sampler steps."),
+    cfg: float = typer.Option(None, "--cfg", help="--prompts: guidance scale (default: the model's preview guidance)."),
+    seed: int = typer.Option(0, "--seed", help="--prompts: seeds the prompt suite and the images."),
     accuracy: bool = typer.Option(False, "--accuracy", help="Classifier accuracy on the class of each sample (and on --ref); needs --features classifier."),
     samples: str = typer.Option(None, "--samples", help="Generated images: a folder of PNGs (ldm sample) or shards."),
     ref: str = typer.Option(None, "--ref", help="Reference: image shards or folder, or an npz of statistics (FID only)."),
@@ -55,7 +68,7 @@ def eval_command(
     precision: str = typer.Option("bf16", "--precision", help="bf16 (autocast) or fp32."),
     lpips_weights: Path = typer.Option(None, "--lpips-weights", help="torchvision alexnet file for LPIPS (default: the torch cache; skipped when absent)."),
     json_path: Path = typer.Option(None, "--json", help="Write the figures as JSON here."),
-    save: Path = typer.Option(None, "--save", help="Write NAME.orig.png / NAME.recon.png pairs into this dir."),
+    save: Path = typer.Option(None, "--save", help="--recon: write NAME.orig.png / NAME.recon.png pairs here; --prompts: each judged image and grid.png."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     num_workers: int = typer.Option(0, "--num-workers", help="Data loader workers."),
 ) -> None:
@@ -63,8 +76,18 @@ def eval_command(
 
     Example: ldm eval data/photos-val --recon --ae runs/ae-kl-f4/model --json recon.json --save recon/
     Example: ldm eval --fid --kid --samples out/ --ref data/digits-val --save-stats digits-val.npz --json fid.json
+    Example: ldm eval --prompts --model runs/ldm-shapes/model --hold-out "purple triangle" --json adherence.json --save adherence/
+
     Example: ldm eval --fid --accuracy --features classifier --classifier runs/clf-digits/model --samples out/ --ref data/digits-val
     """
+    if prompts:
+        if recon or fid or kid or isc or prc or accuracy:
+            raise UserError("--prompts is a metric of its own: run it without --recon/--fid/--kid/--isc/--prc/--accuracy")
+        if model is None:
+            raise UserError("--prompts needs --model MODEL_DIR (a text-to-image model from ldm train-diffusion)")
+        settings = Settings(sampler=sampler, steps=steps, guidance=cfg, precision=precision)
+        run_prompts(model, per_category, n, parse_hold_out(hold_out), settings, seed, batch_size, device, save, json_path)
+        return
     wanted = Wanted(fid=fid, kid=kid, isc=isc, prc=prc, accuracy=accuracy, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, isc_splits=isc_splits)
     if recon == (fid or kid or isc or prc or accuracy):
         raise UserError("pick one kind of metric: --recon (an autoencoder), or --fid/--kid/--isc/--prc/--accuracy (samples)")

@@ -27,13 +27,15 @@ BUILTINS = {
 }
 
 
-def builtin_samples(name: str, size: int | None = None, count: int | None = None, seed: int = 0, split: str = "train") -> tuple[Iterator[dict], int, dict]:
-    """Samples of built-in set `name`, how many there will be, and the resolved arguments."""
+def builtin_samples(name: str, size: int | None = None, count: int | None = None, seed: int = 0, split: str = "train",
+                    **extra) -> tuple[Iterator[dict], int, dict]:
+    """Samples of built-in set `name`, how many there will be, and the resolved arguments (with the
+    set's own `extra` ones, e.g. shapes' hold_out)."""
     spec = BUILTINS[name]
     size = size or spec.size
     if count is None:
         count = spec.count[split == "val"]
     if spec.limit is not None:
         count = spec.limit(split) if count is None else min(count, spec.limit(split))
-    args = {"size": size, "count": count, "seed": seed, "split": split}
+    args = {"size": size, "count": count, "seed": seed, "split": split, **extra}
     return spec.samples(**args), count, args

@@ -8,12 +8,13 @@ boxes are pixel (x0, y0, x1, y1) in the output image with x1, y1 exclusive.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ldmcli.data.shards import encode_png
+from ldmcli.errors import UserError
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = {
@@ -38,7 +39,7 @@ _MARGIN = 0.02
 _SUPERSAMPLE = 4
 
 
-def _layout(rng: np.random.Generator, n: int) -> list[dict]:
+def layout(rng: np.random.Generator, n: int) -> list[dict]:
     """n shapes in distinct regions with distinct colours, bounding squares not touching."""
     while True:
         positions = [list(POSITIONS)[i] for i in rng.choice(len(POSITIONS), n, replace=False)]
@@ -51,6 +52,18 @@ def _layout(rng: np.random.Generator, n: int) -> list[dict]:
             items.append({"shape": shape, "color": color, "size": size, "position": position, "center": (cx, cy)})
         if all(not _touch(a, b) for i, a in enumerate(items) for b in items[i + 1 :]):
             return items
+
+
+def parse_hold_out(text: str) -> list[tuple[str, str]]:
+    """'purple triangle, yellow square' -> [('purple', 'triangle'), ('yellow', 'square')]."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        words = item.split()
+        if len(words) != 2 or words[0] not in COLORS or words[1] not in SHAPES:
+            raise UserError(f"hold-out pair '{item}' is not 'COLOUR SHAPE' with a colour of {', '.join(COLORS)} "
+                            f"and a shape of {', '.join(SHAPES)}")
+        pairs.append((words[0], words[1]))
+    return pairs
 
 
 def _touch(a: dict, b: dict) -> bool:
@@ -109,9 +122,13 @@ def draw_scene(items: list[dict], background: tuple[int, int, int], size: int) -
     return canvas.resize((size, size), Image.Resampling.BOX)
 
 
-def shape_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, str, dict]:
-    """One random scene: image, caption, and JSON attributes with each shape's bounding box."""
-    items = _layout(rng, int(rng.integers(1, 4)))
+def shape_scene(rng: np.random.Generator, size: int, hold_out: Sequence[tuple[str, str]] = ()) -> tuple[Image.Image, str, dict]:
+    """One random scene: image, caption, and JSON attributes with each shape's bounding box. A scene that
+    shows a held-out (colour, shape) pair is drawn again, so the model never sees that combination."""
+    while True:
+        items = layout(rng, int(rng.integers(1, 4)))
+        if not any((item["color"], item["shape"]) in hold_out for item in items):
+            break
     tint = rng.integers(-14, 1, size=3)
     background = tuple(int(v) for v in np.array([246, 244, 238]) + tint)
     image = draw_scene(items, background, size)
@@ -136,10 +153,12 @@ def shape_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, str, 
     return image, text, meta
 
 
-def shape_samples(size: int = 64, count: int = 10000, seed: int = 0, split: str = "train") -> Iterator[dict]:
-    """`count` scenes; sample i depends only on (seed, split, i). val scenes use their own stream."""
+def shape_samples(size: int = 64, count: int = 10000, seed: int = 0, split: str = "train",
+                  hold_out: Sequence[tuple[str, str]] = ()) -> Iterator[dict]:
+    """`count` scenes; sample i depends only on (seed, split, hold_out, i). val scenes use their own stream."""
     split_id = 1 if split == "val" else 0
+    hold_out = [tuple(pair) for pair in hold_out]
     for index in range(count):
-        image, text, meta = shape_scene(np.random.default_rng([seed, split_id, index]), size)
+        image, text, meta = shape_scene(np.random.default_rng([seed, split_id, index]), size, hold_out)
         meta["split"] = split
         yield {"png": encode_png(image), "txt": text, "json": meta}

@@ -1,0 +1,85 @@
+"""`ldm eval --prompts`: sample a text-to-image shapes model on a fixed prompt suite and judge each image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ldmcli.data.shapes import draw_scene
+from ldmcli.diffusion import model as M
+from ldmcli.errors import UserError
+from ldmcli.images import save_grid, to_uint8
+from ldmcli.metrics.prompts import CATEGORIES, judge, prompt_records, prompt_suite, summarise
+from ldmcli.pipeline import Pipeline, Settings
+from ldmcli.train.distributed import resolve_device
+
+_BACKGROUND = (240, 238, 232)
+
+
+def rendered_accuracy(prompts, size: int) -> dict:
+    """The judge on the prompts' own scenes drawn by the data generator: what a perfect model scores."""
+    verdicts = [[judge(p, np.asarray(draw_scene(p.objects, _BACKGROUND, size)))] for p in prompts]
+    return summarise(prompts, verdicts)
+
+
+def run_prompts(model_dir: Path, per_category: int, n: int, hold_out: list[tuple[str, str]], settings: Settings, seed: int,
+                batch: int, device: str, save: Path | None, json_path: Path | None) -> dict:
+    if per_category < 1 or n < 1 or batch < 1:
+        raise UserError("--per-category, --n and --batch-size must be at least 1")
+    dev = resolve_device(device)
+    model = M.load(model_dir, dev)
+    if model.recipe.conditioner.kind not in ("text", "clip"):
+        raise UserError(f"--prompts needs a text-to-image model; {model_dir} is {model.recipe.conditioner.kind}-conditioned")
+    pipe = Pipeline(model, settings, dev)
+    prompts = prompt_suite(per_category, hold_out, seed)
+    jobs = [(k, j) for k in range(len(prompts)) for j in range(n)]
+    verdicts: list[list[bool]] = [[] for _ in prompts]
+    images = []
+    console = Console(stderr=True)
+    columns = (TextColumn("prompts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task("prompts", total=len(jobs))
+        for start in range(0, len(jobs), batch):
+            chunk = jobs[start:start + batch]
+            out = pipe([prompts[k].text for k, _ in chunk], [seed + k * n + j for k, j in chunk])
+            for (k, j), img in zip(chunk, to_uint8(out)):
+                verdicts[k].append(judge(prompts[k], img))
+                if save is not None:
+                    save.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(img).save(save / f"{prompts[k].category}-{k:03d}-{j}.png")
+            images.append(out.cpu())
+            bar.advance(task, len(chunk))
+    result = summarise(prompts, verdicts)
+    result |= {"model": str(model_dir), "images": len(jobs), "per_category": per_category, "n": n,
+               "hold_out": [" ".join(p) for p in hold_out], "sampler": settings.sampler, "steps": settings.steps,
+               "guidance": settings.guidance, "rendered": rendered_accuracy(prompts, settings.height),
+               "prompts": prompt_records(prompts, verdicts)}
+    if save is not None:
+        save_grid(torch.cat(images), save / "grid.png", nrow=n * 4)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    _print(result)
+    return result
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _print(result: dict) -> None:
+    table = Table(title=f"prompt adherence, {result['images']} images", caption="rendered: the judge on the prompts' own scenes")
+    for column in ("category", "all", "seen", "held-out", "rendered"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    for category in CATEGORIES:
+        row = result["categories"][category]
+        table.add_row(category, _fmt(row["all"]), _fmt(row["seen"]), _fmt(row["held_out"]), _fmt(result["rendered"]["categories"][category]["all"]))
+    table.add_row("overall", _fmt(result["overall"]), "", "", _fmt(result["rendered"]["overall"]))
+    Console().print(table)
