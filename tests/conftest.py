@@ -1,9 +1,13 @@
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import open_clip
 import pytest
+import torch
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from ldmcli.cli.main import app
@@ -55,3 +59,17 @@ def text_model(tmp_path_factory):
     return train(tmp_path_factory, shards, "--set", "conditioner.kind=text", "--set", "conditioner.width=16",
                  "--set", "conditioner.layers=1", "--set", "conditioner.heads=2", "--set", "conditioner.head_dim=8",
                  "--set", "conditioner.max_length=16")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A registered tiny open_clip architecture and its random weights as safetensors."""
+    root = tmp_path_factory.mktemp("clip")
+    arch = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3}}
+    (root / "TinyCLIP-test.json").write_text(json.dumps(arch))
+    open_clip.add_model_config(root / "TinyCLIP-test.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("TinyCLIP-test", pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "tiny.safetensors"))
+    return model.eval(), root / "tiny.safetensors"

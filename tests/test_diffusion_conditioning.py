@@ -1,8 +1,6 @@
 """Conditioners: null class and empty caption for guidance, the jointly trained text encoder, and a
 frozen OpenCLIP text tower loaded from a local safetensors file (a tiny architecture, random weights)."""
 
-import json
-
 import open_clip
 import pytest
 import torch
@@ -30,20 +28,6 @@ def test_text_encoder_tokens_depend_on_the_caption():
     assert out.shape == (3, 12, 16) and context_dim(cfg) == 16
     assert not torch.allclose(out[0], out[1])
     assert cond.drop(["a", "b"], torch.tensor([True, False])) == ["", "b"] and cond.null(1) == [""]
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A registered tiny open_clip architecture and its random weights as safetensors."""
-    root = tmp_path_factory.mktemp("clip")
-    arch = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3}}
-    (root / "TinyCLIP-test.json").write_text(json.dumps(arch))
-    open_clip.add_model_config(root / "TinyCLIP-test.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model("TinyCLIP-test", pretrained=None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "tiny.safetensors"))
-    return model.eval(), root / "tiny.safetensors"
 
 
 def test_frozen_clip_gives_penultimate_layer_tokens(tiny_clip):

@@ -15,7 +15,7 @@ from rich.table import Table
 from ldmcli.autoencoder import load_autoencoder
 from ldmcli.autoencoder.evaluate import evaluate_recon
 from ldmcli.autoencoder.lpips_loader import default_weights_path, load_lpips
-from ldmcli.cli.eval_prompts import run_prompts
+from ldmcli.cli.eval_text import run_clip_score, run_prompts
 from ldmcli.data.shapes import parse_hold_out
 from ldmcli.data.reader import eval_loader
 from ldmcli.errors import UserError
@@ -43,6 +43,9 @@ def eval_command(
     prc: bool = typer.Option(False, "--prc", help="Precision and recall (k = 3 nearest neighbours) against --ref."),
     prompts: bool = typer.Option(False, "--prompts", help="Prompt adherence of a text-to-image shapes --model (GenEval-style categories)."),
     model: Path = typer.Option(None, "--model", help="Diffusion model dir for --prompts."),
+    clip_score: bool = typer.Option(False, "--clip-score", help="CLIP score of --samples (PNGs from ldm sample) against their prompts."),
+    clip_arch: str = typer.Option("ViT-H-14", "--clip-arch", help="--clip-score: open_clip architecture."),
+    clip_weights: Path = typer.Option(None, "--clip-weights", help="--clip-score: the open_clip model's .safetensors file."),
     per_category: int = typer.Option(16, "--per-category", help="--prompts: prompts per category."),
     n: int = typer.Option(4, "--n", help="--prompts: images per prompt."),
     hold_out: str = typer.Option("", "--hold-out", help="--prompts: the colour-shape pairs held out of training (as given to ldm data build); half of each category's prompts name one."),
@@ -78,8 +81,15 @@ def eval_command(
     Example: ldm eval --fid --kid --samples out/ --ref data/digits-val --save-stats digits-val.npz --json fid.json
     Example: ldm eval --prompts --model runs/ldm-shapes/model --hold-out "purple triangle" --json adherence.json --save adherence/
 
+    Example: ldm eval --clip-score --samples out/ --clip-arch ViT-H-14 --clip-weights open_clip_model.safetensors
+
     Example: ldm eval --fid --accuracy --features classifier --classifier runs/clf-digits/model --samples out/ --ref data/digits-val
     """
+    if clip_score:
+        if recon or prompts or fid or kid or isc or prc or accuracy:
+            raise UserError("--clip-score is a metric of its own: run it without the other metric flags")
+        run_clip_score(samples, clip_arch, clip_weights, batch_size, device, json_path)
+        return
     if prompts:
         if recon or fid or kid or isc or prc or accuracy:
             raise UserError("--prompts is a metric of its own: run it without --recon/--fid/--kid/--isc/--prc/--accuracy")

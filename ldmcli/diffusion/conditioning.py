@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ldmcli import openclip
 from ldmcli.errors import UserError
 from ldmcli.nn.attention import Attention
 
@@ -151,17 +150,15 @@ class ClipTextConditioner(_Tokenized):
         super().__init__()
         import open_clip
 
-        if cfg.clip_arch not in open_clip.list_models():
-            raise UserError(f"unknown open_clip architecture '{cfg.clip_arch}' (conditioner.clip_arch)")
+        model = openclip.create(cfg.clip_arch)
         self.tokenizer = open_clip.get_tokenizer(cfg.clip_arch)
-        model = open_clip.create_model(cfg.clip_arch, pretrained=None)
         self.max_length = model.context_length
         self.token_embedding = model.token_embedding
         self.positional_embedding = model.positional_embedding
         self.blocks = model.transformer.resblocks[: -1 if cfg.clip_layer == "penultimate" else None]
         self.ln_final = model.ln_final
         self.register_buffer("attn_mask", model.attn_mask, persistent=False)
-        _load_text_weights(self, model, Path(cfg.clip_weights))
+        openclip.load_weights(model, Path(cfg.clip_weights), lambda key: key.startswith(openclip.TEXT_KEYS))
         self.requires_grad_(False)
         self.eval()
 
@@ -174,27 +171,6 @@ class ClipTextConditioner(_Tokenized):
         for block in self.blocks:
             x = block(x, attn_mask=self.attn_mask)
         return {"context": self.ln_final(x)}
-
-
-def _load_text_weights(module: nn.Module, model: nn.Module, path: Path) -> None:
-    if not str(path) or not path.is_file():
-        raise UserError(
-            f"OpenCLIP weights not found: '{path}'. Put the model's open_clip_model.safetensors there "
-            "and name it in conditioner.clip_weights (nothing is downloaded)"
-        )
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise UserError(f"{path} is not a safetensors file: {err}") from None
-    full = model.state_dict()
-    wanted = {k for k in full if k.startswith(("token_embedding.", "positional_embedding", "transformer.", "ln_final."))}
-    missing = sorted(wanted - set(state))
-    if missing:
-        raise UserError(f"{path} lacks {len(missing)} text-tower weights of {type(model).__name__} (first: {missing[0]})")
-    for key in wanted:
-        if state[key].shape != full[key].shape:
-            raise UserError(f"{path}: '{key}' has shape {tuple(state[key].shape)}, the architecture expects {tuple(full[key].shape)}")
-    model.load_state_dict({k: state[k] for k in wanted}, strict=False)
 
 
 def build_conditioner(cfg: ConditionerConfig, time_embed_dim: int) -> nn.Module:

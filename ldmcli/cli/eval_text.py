@@ -1,4 +1,5 @@
-"""`ldm eval --prompts`: sample a text-to-image shapes model on a fixed prompt suite and judge each image."""
+"""Text-to-image evaluations of `ldm eval`: `--prompts` samples a shapes model on a fixed prompt suite and
+judges each image; `--clip-score` scores sampled PNGs against their own prompts with an OpenCLIP model."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ldmcli.data.shapes import draw_scene
 from ldmcli.diffusion import model as M
 from ldmcli.errors import UserError
 from ldmcli.images import save_grid, to_uint8
+from ldmcli.metrics.clip_score import clip_score, prompted_images
 from ldmcli.metrics.prompts import CATEGORIES, judge, prompt_records, prompt_suite, summarise
 from ldmcli.pipeline import Pipeline, Settings
 from ldmcli.train.distributed import resolve_device
@@ -83,3 +85,22 @@ def _print(result: dict) -> None:
         table.add_row(category, _fmt(row["all"]), _fmt(row["seen"]), _fmt(row["held_out"]), _fmt(result["rendered"]["categories"][category]["all"]))
     table.add_row("overall", _fmt(result["overall"]), "", "", _fmt(result["rendered"]["overall"]))
     Console().print(table)
+
+
+def run_clip_score(samples: str | None, arch: str, weights: Path | None, batch: int, device: str, json_path: Path | None) -> dict:
+    if samples is None:
+        raise UserError("--clip-score needs --samples DIR (PNGs from ldm sample, which carry their prompts)")
+    if weights is None:
+        raise UserError("--clip-score needs --clip-weights PATH (the open_clip model's .safetensors; nothing is downloaded)")
+    items = prompted_images(Path(samples))
+    console = Console(stderr=True)
+    with Progress(TextColumn("clip score"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  disable=not console.is_terminal) as bar:
+        task = bar.add_task("clip", total=len(items))
+        result = clip_score(arch, weights, items, resolve_device(device), batch, lambda k: bar.advance(task, k))
+    result["samples"] = samples
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    Console().print(f"CLIP score ({arch}) of {result['images']} images: {result['clip_score']:.3f} (std {result['clip_score_std']:.3f})")
+    return result
