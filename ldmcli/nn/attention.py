@@ -1,4 +1,4 @@
-"""Attention for the diffusion UNet: multi-head (cross-)attention through SDPA, GEGLU feed-forward,
+"""Attention for the diffusion UNet: multi-head (cross-)attention (SDPA, or plain matmuls on the CPU), GEGLU feed-forward,
 and the paper's SpatialTransformer.
 
 Feature maps are turned into tokens with permute + reshape, which is free when the tensor is
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmcli.nn.blocks import norm, zero_module
+from ldmcli.nn.functional import attention
 
 
 def _to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +45,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         ctx = x if context is None else context
         q, k, v = self._split(self.to_q(x)), self._split(self.to_k(ctx)), self._split(self.to_v(ctx))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         b, _, n, _ = out.shape
         return self.dropout(self.to_out(out.transpose(1, 2).reshape(b, n, -1)))
 
@@ -120,5 +121,5 @@ class AttentionBlock(nn.Module):
         b, c, h, w = x.shape
         qkv = self.qkv(_to_tokens(self.norm(x))).reshape(b, h * w, 3, self.heads, c // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        out = attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
         return x + _to_map(self.proj_out(out), h, w)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldmcli.nn.functional import attention
+
 
 def norm(channels: int, groups: int = 32, eps: float = 1e-6) -> nn.GroupNorm:
     """GroupNorm with as many groups as divide the channels (32 for the paper's widths)."""
@@ -100,5 +102,5 @@ class SelfAttention2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(2, 3).unbind(1)
-        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        out = attention(q[:, None], k[:, None], v[:, None])[:, 0]
         return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
