@@ -11,7 +11,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, train
 from PIL import Image, PngImagePlugin
 from pytorch_fid.fid_score import calculate_frechet_distance
 from safetensors.torch import load_file
@@ -170,3 +170,22 @@ def test_corrupt_samples_are_skipped_and_counted(classifier_dir, held_out, tmp_p
     assert (figures["images"], figures["skipped"], figures["ref_images"], figures["ref_skipped"]) == (60, 1, 60, 0)
     assert figures["fid"] == pytest.approx(0.0, abs=1e-6)  # the same 60 images on both sides
     assert "skipped corrupt samples: 1" in result.output
+
+
+@pytest.mark.slow
+def test_sampler_sweep_gives_fid_against_nfe_per_sampler(digits_shards, classifier_dir, held_out, tmp_path_factory, tmp_path):
+    model = train(tmp_path_factory, digits_shards, "--set", "conditioner.kind=class")
+    common = ["eval", "--sweep", "--model", model, "--ref", held_out, "--features", "classifier", "--classifier", classifier_dir,
+              "--n", "20", "--batch-size", "10"]
+    result = run_cli(*common, "--samplers", "ddim,heun", "--sweep-steps", "2,3", "--json", tmp_path / "sweep.json",
+                     "--plot", tmp_path / "sweep.png")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    assert [(r["sampler"], r["steps"], r["nfe"]) for r in rows] == [("ddim", 2, 2), ("ddim", 3, 3), ("heun", 2, 3), ("heun", 3, 5)]
+    assert all(r["fid"] >= 0 and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert Image.open(tmp_path / "sweep.png").size[0] > 100 and "NFE" in result.output
+    again = run_cli(*common, "--samplers", "heun", "--sweep-steps", "3", "--json", tmp_path / "again.json")
+    assert json.loads((tmp_path / "again.json").read_text())["rows"][0]["fid"] == pytest.approx(rows[3]["fid"], rel=1e-6)
+    for args, message in ((["--samplers", "nope"], "unknown sampler"), (["--sweep-steps", "a,b"], "comma-separated")):
+        bad = run_cli(*common, *args)
+        assert bad.exit_code == 2 and message in bad.output

@@ -15,6 +15,7 @@ from rich.table import Table
 from ldmcli.autoencoder import load_autoencoder
 from ldmcli.autoencoder.evaluate import evaluate_recon
 from ldmcli.autoencoder.lpips_loader import default_weights_path, load_lpips
+from ldmcli.cli.eval_sweep import parse_list, run_sweep
 from ldmcli.cli.eval_text import run_clip_score, run_prompts
 from ldmcli.data.shapes import parse_hold_out
 from ldmcli.data.reader import eval_loader
@@ -43,11 +44,15 @@ def eval_command(
     prc: bool = typer.Option(False, "--prc", help="Precision and recall (k = 3 nearest neighbours) against --ref."),
     prompts: bool = typer.Option(False, "--prompts", help="Prompt adherence of a text-to-image shapes --model (GenEval-style categories)."),
     model: Path = typer.Option(None, "--model", help="Diffusion model dir for --prompts."),
+    sweep: bool = typer.Option(False, "--sweep", help="FID against NFE per sampler for --model (table, --json, --plot)."),
+    samplers: str = typer.Option("ddim,dpmpp_2m", "--samplers", help="--sweep: comma-separated samplers."),
+    sweep_steps: str = typer.Option("5,10,20,50", "--sweep-steps", help="--sweep: comma-separated step counts."),
+    plot_path: Path = typer.Option(None, "--plot", help="--sweep: write the FID-against-NFE plot (PNG) here."),
     clip_score: bool = typer.Option(False, "--clip-score", help="CLIP score of --samples (PNGs from ldm sample) against their prompts."),
     clip_arch: str = typer.Option("ViT-H-14", "--clip-arch", help="--clip-score: open_clip architecture."),
     clip_weights: Path = typer.Option(None, "--clip-weights", help="--clip-score: the open_clip model's .safetensors file."),
     per_category: int = typer.Option(16, "--per-category", help="--prompts: prompts per category."),
-    n: int = typer.Option(4, "--n", help="--prompts: images per prompt."),
+    n: int = typer.Option(None, "--n", help="--prompts: images per prompt (default 4); --sweep: images per cell (default 500)."),
     hold_out: str = typer.Option("", "--hold-out", help="--prompts: the colour-shape pairs held out of training (as given to ldm data build); half of each category's prompts name one."),
     sampler: str = typer.Option("dpmpp_2m", "--sampler", help="--prompts: sampler."),
     steps: int = typer.Option(25, "--steps", help="--prompts: sampler steps."),
@@ -81,10 +86,21 @@ def eval_command(
     Example: ldm eval --fid --kid --samples out/ --ref data/digits-val --save-stats digits-val.npz --json fid.json
     Example: ldm eval --prompts --model runs/ldm-shapes/model --hold-out "purple triangle" --json adherence.json --save adherence/
 
+    Example: ldm eval --sweep --model runs/ldm-digits/model --samplers ddim,dpmpp_2m --sweep-steps 5,10,20,50 --ref data/digits-val --features classifier --classifier runs/clf/model --plot sweep.png
+
     Example: ldm eval --clip-score --samples out/ --clip-arch ViT-H-14 --clip-weights open_clip_model.safetensors
 
     Example: ldm eval --fid --accuracy --features classifier --classifier runs/clf-digits/model --samples out/ --ref data/digits-val
     """
+    if sweep:
+        if recon or prompts or clip_score or fid or kid or isc or prc or accuracy:
+            raise UserError("--sweep measures FID itself: run it without the other metric flags")
+        if model is None:
+            raise UserError("--sweep needs --model MODEL_DIR")
+        space = partial(_feature_space, features, classifier, inception_weights, dims, False)
+        run_sweep(model, parse_list(samplers, "--samplers"), parse_list(sweep_steps, "--sweep-steps", int), ref, space,
+                  500 if n is None else n, seed, cfg, batch_size, device, json_path, plot_path)
+        return
     if clip_score:
         if recon or prompts or fid or kid or isc or prc or accuracy:
             raise UserError("--clip-score is a metric of its own: run it without the other metric flags")
@@ -96,7 +112,7 @@ def eval_command(
         if model is None:
             raise UserError("--prompts needs --model MODEL_DIR (a text-to-image model from ldm train-diffusion)")
         settings = Settings(sampler=sampler, steps=steps, guidance=cfg, precision=precision)
-        run_prompts(model, per_category, n, parse_hold_out(hold_out), settings, seed, batch_size, device, save, json_path)
+        run_prompts(model, per_category, 4 if n is None else n, parse_hold_out(hold_out), settings, seed, batch_size, device, save, json_path)
         return
     wanted = Wanted(fid=fid, kid=kid, isc=isc, prc=prc, accuracy=accuracy, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, isc_splits=isc_splits)
     if recon == (fid or kid or isc or prc or accuracy):
