@@ -60,3 +60,17 @@ def test_counts_same_coloured_objects_and_sees_nothing_on_a_blank_scene():
     bar = np.full((64, 64, 3), 240, np.uint8)
     bar[20:26, 5:60] = (220, 38, 38)
     assert [(d.shape, d.color) for d in detect(bar)] == [("other", "red")]
+
+
+def _square(rgb, size=64):
+    image = np.full((size, size, 3), (240, 238, 232), np.uint8)
+    image[20:44, 20:44] = rgb
+    return image
+
+
+def test_a_colour_past_the_palette_is_still_that_colour_and_a_mix_of_two_is_none():
+    # a decoder that overshoots red (220, 38, 38) towards (200, 0, 0) still draws a red square
+    found = detect(_square((200, 0, 0)))
+    assert [(d.color, d.shape) for d in found] == [("red", "square")]
+    # halfway between red and blue, or a grey, is no palette colour: nothing is detected
+    assert detect(_square((128, 58, 129))) == [] and detect(_square((120, 120, 120))) == []

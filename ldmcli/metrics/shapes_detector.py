@@ -21,6 +21,9 @@ _PALETTE = np.array(list(COLORS.values()), dtype=np.float64)
 _NAMES = list(COLORS)
 _MIN_COVERAGE = 0.25  # a pixel less covered than this is left to the background
 _MAX_RESIDUAL = 40.0  # RGB distance from the background-to-colour line still read as that colour
+# A pixel may lie past the palette colour on its line from the background (a decoder that overshoots
+# gives (200, 0, 0) for red (220, 38, 38)): up to this far it is still that colour, fully covered.
+_MAX_OVERSHOOT = 1.5
 _MIN_AREA = 0.004  # of the image: smaller blobs are noise (a small triangle covers 0.02)
 _SIZE_SPLIT = (SIZES["small"] + SIZES["large"]) / 2
 
@@ -47,10 +50,10 @@ def _colour_map(image: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """Per pixel: index of the best-fitting palette colour (-1: background) and its coverage."""
     p = image.astype(np.float64) - bg  # H x W x 3
     d = _PALETTE - bg  # K x 3
-    alpha = np.clip(np.einsum("hwc,kc->hwk", p, d) / (d * d).sum(1), 0, 1)
+    alpha = np.clip(np.einsum("hwc,kc->hwk", p, d) / (d * d).sum(1), 0, _MAX_OVERSHOOT)
     residual = np.linalg.norm(p[:, :, None, :] - alpha[..., None] * d, axis=-1)
     best = residual.argmin(-1)
-    coverage = np.take_along_axis(alpha, best[..., None], -1)[..., 0]
+    coverage = np.minimum(np.take_along_axis(alpha, best[..., None], -1)[..., 0], 1.0)
     keep = (coverage >= _MIN_COVERAGE) & (np.take_along_axis(residual, best[..., None], -1)[..., 0] <= _MAX_RESIDUAL)
     return np.where(keep, best, -1), np.where(keep, coverage, 0.0)
 
