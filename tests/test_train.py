@@ -143,6 +143,24 @@ def test_non_finite_step_is_skipped_and_counted(digits_shards, tmp_path):
     assert all(torch.isfinite(t).all() for t in weights(tmp_path / "model" / "model.safetensors").values())
 
 
+class TermDuringNanTask(NanTask):
+    """SIGTERMs its own process during a step whose loss is NaN, as a pre-emption could land."""
+
+    def loss(self, phase, models, batch, step):
+        loss, logs = super().loss(phase, models, batch, step)
+        if self.calls in self.nan_steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss, logs
+
+
+def test_a_stop_during_a_skipped_step_still_checkpoints_and_stops(digits_shards, tmp_path):
+    recipe = _recipe(digits_shards)
+    env = distributed.setup("cpu")
+    result = train(TermDuringNanTask(recipe, {6}), recipe.train, recipe.data, tmp_path, env, quiet=True)
+    assert result.interrupted and result.step == 5 and result.bad_steps == 1
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_000005"
+
+
 def test_too_many_bad_steps_in_a_row_stop_the_run_and_keep_the_last_checkpoint(digits_shards, tmp_path):
     recipe = _recipe(digits_shards, max_bad_steps=3)
     env = distributed.setup("cpu")

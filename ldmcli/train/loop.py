@@ -224,6 +224,10 @@ def train(
                         f"training diverged: {consecutive_bad} steps in a row had a non-finite loss or gradient "
                         f"at step {step}; the last good checkpoint is kept in {ckpt_root}"
                     )
+                if all_max(env, [1.0 if stop.raised else 0.0])[0] > 0:  # a stop asked during a skipped step
+                    save(step)
+                    interrupted = True
+                    break
                 continue
             consecutive_bad = 0
             for name, opt in optimizers.items():
