@@ -58,3 +58,18 @@ def test_frozen_clip_missing_or_wrong_weights_are_user_errors(tiny_clip, tmp_pat
         build_conditioner(ConditionerConfig(kind="clip", clip_arch="TinyCLIP-test", clip_weights=str(bad)), 8)
     with pytest.raises(UserError, match="unknown open_clip architecture"):
         build_conditioner(ConditionerConfig(kind="clip", clip_arch="ViT-Q-99", clip_weights=str(weights)), 8)
+
+
+def test_pooled_text_gives_the_end_token_projected_to_the_time_embedding():
+    cfg = ConditionerConfig(kind="text", width=16, layers=1, heads=2, head_dim=8, max_length=12, pooled=True)
+    torch.manual_seed(0)
+    cond = build_conditioner(cfg, 40)
+    out = cond(["a red circle", "a blue square", ""])
+    assert out["context"].shape == (3, 12, 16) and out["y"].shape == (3, 40)
+    ids = cond._tokenize(["a red circle"], torch.device("cpu"))[0]
+    end = int(ids.argmax())
+    assert ids[end] == cond.tokenizer.eot_token_id
+    assert torch.allclose(out["y"][0], cond.pool_proj(out["context"][0, end]))
+    assert not torch.allclose(out["y"][0], out["y"][1])
+    with pytest.raises(UserError, match="pooled"):
+        build_conditioner(ConditionerConfig(kind="class", pooled=True), 8)

@@ -59,7 +59,7 @@ def test_the_judge_rejects_wrong_colours_counts_positions_and_swapped_colours():
     p = _first("position")
     a, b = p.objects
     swapped = [a | {"center": b["center"]}, b | {"center": a["center"]}]
-    assert judge(p, render(p.objects)) and not judge(p, render(swapped))
+    assert judge(p, render(p.objects)) is True and judge(p, render(swapped)) is False  # plain bools: they go to JSON
 
     p = _first("colour_attribution")
     a, b = p.objects

@@ -28,6 +28,9 @@ class ConditionerConfig:
     cross-attention token of width `width` (the paper's ImageNet model). For text, `width`, `layers`,
     `heads` and `head_dim` size the encoder; `tokenizer` names the open_clip tokenizer.
     clip_weights is a .safetensors file of an open_clip model's state dict (text keys are enough).
+    pooled (text): also add a projection of the caption's end-of-text token to the time embedding, as
+    SDXL adds its pooled text embedding: a global path for what the whole image is (colour, object) that
+    learns far sooner than cross-attention alone.
     """
 
     kind: Literal["none", "class", "text", "clip"] = "none"
@@ -43,6 +46,7 @@ class ConditionerConfig:
     clip_weights: str = ""
     clip_layer: Literal["penultimate", "last"] = "penultimate"
     drop_prob: float = 0.1
+    pooled: bool = False
 
 
 class NoConditioner(nn.Module):
@@ -118,7 +122,7 @@ class _TextLayer(nn.Module):
 class TextConditioner(_Tokenized):
     """A bidirectional transformer trained from scratch with the UNet (the paper's text-to-image model)."""
 
-    def __init__(self, cfg: ConditionerConfig):
+    def __init__(self, cfg: ConditionerConfig, time_embed_dim: int):
         super().__init__()
         import open_clip
 
@@ -129,6 +133,7 @@ class TextConditioner(_Tokenized):
         self.layers = nn.ModuleList(_TextLayer(cfg.width, cfg.heads, cfg.head_dim) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.width)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.pool_proj = nn.Linear(cfg.width, time_embed_dim) if cfg.pooled else None
         self.grad_checkpointing = False
 
     def set_grad_checkpointing(self, enabled: bool) -> None:
@@ -136,11 +141,16 @@ class TextConditioner(_Tokenized):
         self.grad_checkpointing = enabled
 
     def forward(self, texts: list[str]) -> dict:
-        x = self.token_embedding(self._tokenize(texts, self.position_embedding.device)) + self.position_embedding
+        ids = self._tokenize(texts, self.position_embedding.device)
+        x = self.token_embedding(ids) + self.position_embedding
         recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
             x = checkpoint(layer, x, use_reentrant=False) if recompute else layer(x)
-        return {"context": self.norm(x)}
+        x = self.norm(x)
+        if self.pool_proj is None:
+            return {"context": x}
+        end = x[torch.arange(len(ids), device=x.device), ids.argmax(-1)]  # end-of-text has the largest id (CLIP's rule)
+        return {"context": x, "y": self.pool_proj(end)}
 
 
 class ClipTextConditioner(_Tokenized):
@@ -174,12 +184,14 @@ class ClipTextConditioner(_Tokenized):
 
 
 def build_conditioner(cfg: ConditionerConfig, time_embed_dim: int) -> nn.Module:
+    if cfg.pooled and cfg.kind != "text":
+        raise UserError("conditioner.pooled is for the jointly trained text encoder (kind = \"text\")")
     if cfg.kind == "none":
         return NoConditioner()
     if cfg.kind == "class":
         return ClassConditioner(cfg.num_classes, time_embed_dim if cfg.class_target == "time" else cfg.width, cfg.class_target)
     if cfg.kind == "text":
-        return TextConditioner(cfg)
+        return TextConditioner(cfg, time_embed_dim)
     return ClipTextConditioner(cfg)
 
 

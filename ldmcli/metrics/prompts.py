@@ -81,7 +81,7 @@ def judge(prompt: Prompt, image: np.ndarray) -> bool:
     a, b = _find(found, objs[0]), _find(found, objs[1])
     if a is None or b is None or a is b:
         return False
-    return category == "colour_attribution" or relation_holds(a, prompt.relation, b)
+    return category == "colour_attribution" or bool(relation_holds(a, prompt.relation, b))
 
 
 def summarise(prompts: list[Prompt], verdicts: list[list[bool]]) -> dict:
