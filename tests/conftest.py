@@ -7,7 +7,9 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from pytorch_fid import inception as pfi
 from safetensors.torch import save_file
+from torch import nn
 from typer.testing import CliRunner
 
 from ldmcli.cli.main import app
@@ -73,3 +75,20 @@ def tiny_clip(tmp_path_factory):
     model = open_clip.create_model("TinyCLIP-test", pretrained=None)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "tiny.safetensors"))
     return model.eval(), root / "tiny.safetensors"
+
+
+def random_fid_inception() -> nn.Module:
+    """pytorch-fid's FID Inception layout (torchvision's with the FID blocks), randomly initialised:
+    Kaiming-normal convs, or the features vanish to ~1e-8 over 40+ layers; a classifier with unit-variance
+    weights, so that the logits of different images differ and the Inception Score is not trivially 1."""
+    net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = pfi.FIDInceptionA(192, 32), pfi.FIDInceptionA(256, 64), pfi.FIDInceptionA(288, 64)
+    net.Mixed_6b, net.Mixed_6c = pfi.FIDInceptionC(768, 128), pfi.FIDInceptionC(768, 160)
+    net.Mixed_6d, net.Mixed_6e = pfi.FIDInceptionC(768, 160), pfi.FIDInceptionC(768, 192)
+    net.Mixed_7b, net.Mixed_7c = pfi.FIDInceptionE_1(1280), pfi.FIDInceptionE_2(2048)
+    torch.manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+    nn.init.normal_(net.fc.weight)
+    return net

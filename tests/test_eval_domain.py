@@ -185,6 +185,7 @@ def test_sampler_sweep_gives_fid_against_nfe_per_sampler(digits_shards, classifi
     assert all(r["fid"] >= 0 and 0 <= r["accuracy"] <= 1 for r in rows)
     assert Image.open(tmp_path / "sweep.png").size[0] > 100 and "NFE" in result.output
     again = run_cli(*common, "--samplers", "heun", "--sweep-steps", "3", "--json", tmp_path / "again.json")
+    assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "again.json").read_text())["rows"][0]["fid"] == pytest.approx(rows[3]["fid"], rel=1e-6)
     for args, message in ((["--samplers", "nope"], "unknown sampler"), (["--sweep-steps", "a,b"], "comma-separated")):
         bad = run_cli(*common, *args)

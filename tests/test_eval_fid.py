@@ -10,35 +10,16 @@ import numpy as np
 import pytest
 import torch
 import torch_fidelity
-from conftest import run_cli
+from conftest import random_fid_inception, run_cli
 from PIL import Image
-from pytorch_fid import inception as pfi
-from torch import nn
 
 SAMPLES, REFS = 10, 12
-
-
-def _random_fid_inception() -> nn.Module:
-    """pytorch-fid's FID Inception layout (torchvision's with the FID blocks), randomly initialised:
-    Kaiming-normal convs, or the features vanish to ~1e-8 over 40+ layers; a classifier with unit-variance
-    weights, so that the logits of different images differ and the Inception Score is not trivially 1."""
-    net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
-    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = pfi.FIDInceptionA(192, 32), pfi.FIDInceptionA(256, 64), pfi.FIDInceptionA(288, 64)
-    net.Mixed_6b, net.Mixed_6c = pfi.FIDInceptionC(768, 128), pfi.FIDInceptionC(768, 160)
-    net.Mixed_6d, net.Mixed_6e = pfi.FIDInceptionC(768, 160), pfi.FIDInceptionC(768, 192)
-    net.Mixed_7b, net.Mixed_7c = pfi.FIDInceptionE_1(1280), pfi.FIDInceptionE_2(2048)
-    torch.manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight)
-    nn.init.normal_(net.fc.weight)
-    return net
 
 
 @pytest.fixture(scope="module")
 def inception_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("inception") / "pt_inception-2015-12-05-6726825d.pth"
-    torch.save(_random_fid_inception().state_dict(), path)
+    torch.save(random_fid_inception().state_dict(), path)
     return path
 
 

@@ -61,7 +61,7 @@ def test_eval_recon_writes_json_and_pairs(blob_shards, tiny_ae, tmp_path):  # no
 
     with tarfile.open(shards[0]) as tar:
         source = png_array(tar.extractfile("s0000.png").read())
-    assert np.array_equal(orig, source)
+    assert np.array_equal(orig, source) and recon.shape == orig.shape
     # The JSON's PSNR is the mean over the saved pairs' PSNRs.
     values = [peak_signal_noise_ratio(np.asarray(Image.open(p)), np.asarray(Image.open(str(p).replace(".orig", ".recon"))), data_range=255)
               for p in save.glob("*.orig.png")]

@@ -7,7 +7,6 @@ import platform
 from pathlib import Path
 
 import torch
-import typer
 from rich.console import Console
 from rich.table import Table
 

@@ -1,0 +1,189 @@
+"""Training-step speed of our UNet against diffusers' UNet2DConditionModel at the same architecture:
+block widths (64, 128, 256), 2 res blocks a level, cross-attention at the two lower levels and the middle,
+8 heads, context 16 x 256, latents 4 x 16 x 16, batch 32, AdamW, MSE loss.
+
+Each configuration runs in its own process (so peak memory is its own): ours with bf16 autocast and
+fp32; diffusers with bf16 autocast and fp32, each with torch's default AdamW (what diffusers' training
+scripts use) and with the fused AdamW we use; `diffusers_img_s` is the best of those four. MFU is our
+bf16 step's model FLOPs (forward + backward, counted by torch's FlopCounterMode) per second over the
+bf16 matmul peak measured in the same run. A short run of ours in bf16 and fp32 from the same seed
+on the same batches shows whether bf16 changes the loss curve. Prints `name: value` lines last; never
+asserts on time.
+  python bench/unet_train.py --json unet_train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from report import report
+
+B, C, S, CTX_LEN, CTX_DIM = 32, 4, 16, 16, 256
+
+
+def ours() -> torch.nn.Module:
+    from ldmcli.diffusion.unet import UNet, UNetConfig
+
+    cfg = UNetConfig(in_channels=C, out_channels=C, model_channels=64, channel_mult=[1, 2, 4], num_res_blocks=2,
+                     attention_levels=[2, 4], num_heads=8, context_dim=CTX_DIM, scale_shift=False)
+    return UNet(cfg)
+
+
+def theirs() -> torch.nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=S, in_channels=C, out_channels=C, block_out_channels=(64, 128, 256), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=CTX_DIM, attention_head_dim=8,
+    )
+
+
+def forward(model, which: str, x, t, ctx):
+    if which == "ours":
+        return model(x, t, context=ctx)
+    return model(x, t, encoder_hidden_states=ctx).sample
+
+
+def batches(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(B, C, S, S, generator=g), torch.randint(0, 1000, (B,), generator=g),
+             torch.randn(B, CTX_LEN, CTX_DIM, generator=g), torch.randn(B, C, S, S, generator=g)) for _ in range(n)]
+
+
+def step_fn(model, which: str, precision: str, fused: bool):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
+
+    def step(x, t, ctx, target) -> float:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.mse_loss(forward(model, which, x, t, ctx).float(), target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    return step
+
+
+def run_one(which: str, precision: str, fused: bool, steps: int, repeats: int) -> dict:
+    """Child process: images per second (best of `repeats`) and this process's peak RSS."""
+    torch.manual_seed(0)
+    model = (ours if which == "ours" else theirs)().train()
+    step = step_fn(model, which, precision, fused)
+    data = batches(4, 1)
+    for k in range(3):
+        step(*data[k % 4])
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for k in range(steps):
+            step(*data[k % 4])
+        best = min(best, (time.perf_counter() - start) / steps)
+    return {"img_s": B / best, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def model_flops() -> float:
+    """FLOPs of one training step of ours (forward + backward) per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = ours()
+    x, t, ctx, target = batches(1, 0)[0]
+    with FlopCounterMode(display=False) as counter:
+        F.mse_loss(forward(model, "ours", x, t, ctx), target).backward()
+    return counter.get_total_flops() / B
+
+
+def bf16_peak() -> float:
+    a, b = torch.randn(2048, 2048, dtype=torch.bfloat16), torch.randn(2048, 2048, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        best = min(best, (time.perf_counter() - start) / 5)
+    return 2 * 2048**3 / best
+
+
+def loss_curves(steps: int) -> tuple[list[float], list[float]]:
+    curves = []
+    data = batches(steps, 7)
+    for precision in ("bf16", "fp32"):
+        torch.manual_seed(0)
+        model = ours().train()
+        step = step_fn(model, "ours", precision, True)
+        curves.append([step(*d) for d in data])
+    return curves[0], curves[1]
+
+
+def child(args) -> None:
+    print(json.dumps(run_one(args.which, args.precision, args.fused, args.steps, args.repeats)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--curve-steps", type=int, default=60)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--which", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--fused", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.which:
+        child(args)
+        return
+
+    def measure(which: str, precision: str, fused: bool) -> dict:
+        cmd = [sys.executable, __file__, "--which", which, "--precision", precision, "--steps", str(args.steps),
+               "--repeats", str(args.repeats), *(["--fused"] if fused else [])]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    results = {(w, p, f): measure(w, p, f) for w, p, f in [("ours", "bf16", True), ("ours", "fp32", True),
+                                                           ("diffusers", "bf16", False), ("diffusers", "fp32", False),
+                                                           ("diffusers", "bf16", True), ("diffusers", "fp32", True)]}
+    mine = max(results[("ours", "bf16", True)]["img_s"], results[("ours", "fp32", True)]["img_s"])
+    theirs_best = max(r["img_s"] for k, r in results.items() if k[0] == "diffusers")
+    flops, peak = model_flops(), bf16_peak()
+    bf16_curve, fp32_curve = loss_curves(args.curve_steps)
+    tail = max(1, args.curve_steps // 3)
+    last_bf16, last_fp32 = sum(bf16_curve[-tail:]) / tail, sum(fp32_curve[-tail:]) / tail
+    figures = {
+        "ours_params_m": results[("ours", "bf16", True)]["params_m"],
+        "diffusers_params_m": results[("diffusers", "bf16", False)]["params_m"],
+        "ours_bf16_img_s": results[("ours", "bf16", True)]["img_s"],
+        "ours_fp32_img_s": results[("ours", "fp32", True)]["img_s"],
+        "diffusers_bf16_img_s": results[("diffusers", "bf16", False)]["img_s"],
+        "diffusers_fp32_img_s": results[("diffusers", "fp32", False)]["img_s"],
+        "diffusers_bf16_fused_adamw_img_s": results[("diffusers", "bf16", True)]["img_s"],
+        "diffusers_fp32_fused_adamw_img_s": results[("diffusers", "fp32", True)]["img_s"],
+        "ours_img_s": mine,
+        "diffusers_img_s": theirs_best,
+        "speedup_vs_diffusers": mine / theirs_best,
+        "gflop_per_image": flops / 1e9,
+        "bf16_matmul_peak_gflop_s": peak / 1e9,
+        "mfu": flops * results[("ours", "bf16", True)]["img_s"] / peak,
+        "peak_mem_mb": results[("ours", "bf16", True)]["peak_rss_mb"],
+        "diffusers_peak_mem_mb": results[("diffusers", "bf16", False)]["peak_rss_mb"],
+        "loss_last_third_bf16": last_bf16,
+        "loss_last_third_fp32": last_fp32,
+        "loss_bf16_over_fp32": last_bf16 / last_fp32,
+    }
+    report(figures, args.json)
+
+
+if __name__ == "__main__":
+    main()
