@@ -70,7 +70,7 @@ def step_fn(model, which: str, precision: str, fused: bool):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
