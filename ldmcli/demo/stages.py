@@ -141,14 +141,20 @@ def run_stage(stage: Stage, fresh: bool, log: Path, on_progress: Callable[[float
         sink.write(f"$ {shlex.join(['ldm', *args])}\n")
         sink.flush()
         proc = subprocess.Popen([sys.executable, "-m", "ldmcli", *args], stdout=sink, stderr=subprocess.STDOUT)
-        while proc.poll() is None:
-            time.sleep(0.5)
-            if stage.run_dir is not None and stage.steps:
-                on_progress(min(_last_step(stage.run_dir) / stage.steps, 1.0))
-            else:
-                on_progress(min((time.monotonic() - start) / stage.seconds, 0.95))
+        try:
+            while proc.poll() is None:
+                time.sleep(0.5)
+                if stage.run_dir is not None and stage.steps:
+                    on_progress(min(_last_step(stage.run_dir) / stage.steps, 1.0))
+                else:
+                    on_progress(min((time.monotonic() - start) / stage.seconds, 0.95))
+        except KeyboardInterrupt:  # Ctrl-C reached the stage too: a training checkpoints before it exits
+            proc.wait()
+            raise UserError(f"interrupted in stage '{stage.name}'; run the same command again to go on from there") from None
     if proc.returncode != 0:
         tail = [line for line in log.read_text().splitlines() if line.strip()][-1:]
         raise UserError(f"demo stage '{stage.name}' failed (exit {proc.returncode}): {tail[0] if tail else ''} (log: {log})")
+    if not stage.output.exists():  # a training stopped by a signal exits 0 with a checkpoint, not a model
+        raise UserError(f"demo stage '{stage.name}' stopped before it wrote {stage.output}; run the same command again to resume")
     on_progress(1.0)
     return time.monotonic() - start
