@@ -32,6 +32,7 @@ demo-fast: install
 bench: install
 	$(BIN)/python bench/data_throughput.py
 	$(BIN)/python bench/sampling.py
+	$(BIN)/python bench/unet_train.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -30,6 +30,7 @@ BAD_VALUES = {
     ("sample",): (["--model", "{tmp}", "--steps", "1.5"], "Invalid value for '--steps'"),
     ("data", "build"): (["digits", "--out", "{tmp}/d", "--split", "test"], "'test' is not one of"),
     ("data", "info"): (["{tmp}/nothing-*.tar"], "no shard matches"),
+    ("demo",): (["--out", "{tmp}/d", "--recipes", "{tmp}/none"], "demo recipe"),
 }
 
 
