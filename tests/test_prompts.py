@@ -79,12 +79,18 @@ def test_shapes_built_with_hold_out_never_draw_the_pair(tmp_path):
     assert json.loads((tmp_path / "info.json").read_text())["args"]["hold_out"] == [list(p) for p in HOLD]
 
 
+ALL_PAIRS = ", ".join(f"{c} {s}" for c in COLORS for s in ("circle", "square", "triangle"))
+
+
 @pytest.mark.parametrize("args, message", [
     (["data", "build", "shapes", "--hold-out", "pink circle"], "not 'COLOUR SHAPE'"),
+    (["data", "build", "shapes", "--count", "3", "--hold-out", ALL_PAIRS], "hold out fewer pairs"),
+    (["eval", "--prompts", "--model", "{tmp}", "--hold-out", ALL_PAIRS], "hold out fewer pairs"),
     (["data", "build", "digits", "--hold-out", "red circle"], "shapes set only"),
 ])
 def test_bad_hold_out_is_a_one_line_error(tmp_path, args, message):
-    result = run_cli(*args, "--out", tmp_path / "x")
+    args = [a.format(tmp=tmp_path) for a in args] + (["--out", str(tmp_path / "x")] if args[0] == "data" else [])
+    result = run_cli(*args)
     assert result.exit_code == 2 and message in result.output
 
 

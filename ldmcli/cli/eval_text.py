@@ -35,12 +35,12 @@ def run_prompts(model_dir: Path, per_category: int, n: int, hold_out: list[tuple
                 batch: int, device: str, save: Path | None, json_path: Path | None) -> dict:
     if per_category < 1 or n < 1 or batch < 1:
         raise UserError("--per-category, --n and --batch-size must be at least 1")
+    prompts = prompt_suite(per_category, hold_out, seed)
     dev = resolve_device(device)
     model = M.load(model_dir, dev)
     if model.recipe.conditioner.kind not in ("text", "clip"):
         raise UserError(f"--prompts needs a text-to-image model; {model_dir} is {model.recipe.conditioner.kind}-conditioned")
     pipe = Pipeline(model, settings, dev)
-    prompts = prompt_suite(per_category, hold_out, seed)
     jobs = [(k, j) for k in range(len(prompts)) for j in range(n)]
     verdicts: list[list[bool]] = [[] for _ in prompts]
     images = []

@@ -37,6 +37,7 @@ POSITION_WORDS = {"left": "on the left", "right": "on the right", "top": "at the
 _JITTER = 0.03
 _MARGIN = 0.02
 _SUPERSAMPLE = 4
+_MAX_DRAWS = 10000  # scenes drawn before a hold-out list is declared impossible to satisfy
 
 
 def layout(rng: np.random.Generator, n: int) -> list[dict]:
@@ -125,10 +126,12 @@ def draw_scene(items: list[dict], background: tuple[int, int, int], size: int) -
 def shape_scene(rng: np.random.Generator, size: int, hold_out: Sequence[tuple[str, str]] = ()) -> tuple[Image.Image, str, dict]:
     """One random scene: image, caption, and JSON attributes with each shape's bounding box. A scene that
     shows a held-out (colour, shape) pair is drawn again, so the model never sees that combination."""
-    while True:
+    for _ in range(_MAX_DRAWS):
         items = layout(rng, int(rng.integers(1, 4)))
         if not any((item["color"], item["shape"]) in hold_out for item in items):
             break
+    else:
+        raise UserError(f"no scene without the held-out pairs in {_MAX_DRAWS} draws: hold out fewer pairs")
     tint = rng.integers(-14, 1, size=3)
     background = tuple(int(v) for v in np.array([246, 244, 238]) + tint)
     image = draw_scene(items, background, size)

@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ldmcli.data.shapes import caption, layout, relation
+from ldmcli.errors import UserError
 from ldmcli.metrics.shapes_detector import Detection, detect, relation_holds
 
 CATEGORIES = ("single_object", "colour", "counting", "two_objects", "position", "colour_attribution")
+_MAX_DRAWS = 10000
 _OBJECTS = {"single_object": 1, "colour": 1, "two_objects": 2, "position": 2, "colour_attribution": 2}
 
 
@@ -50,13 +52,15 @@ def prompt_suite(per_category: int, hold_out: list[tuple[str, str]], seed: int =
     for category in CATEGORIES:
         for k in range(per_category):
             want_held = bool(hold_out) and k % 2 == 1
-            while True:
+            for _ in range(_MAX_DRAWS):
                 n = int(rng.integers(1, 4)) if category == "counting" else _OBJECTS[category]
                 objects = layout(rng, n)
-                if category == "colour_attribution" and objects[0]["shape"] == objects[1]["shape"]:
-                    continue
-                if names_pair(objects, hold_out) == want_held:
+                distinct = category != "colour_attribution" or objects[0]["shape"] != objects[1]["shape"]
+                if distinct and names_pair(objects, hold_out) == want_held:
                     break
+            else:
+                raise UserError(f"cannot write {category} prompts that {'name' if want_held else 'avoid'} the held-out pairs: "
+                                "hold out fewer pairs")
             suite.append(Prompt(category, caption(objects), objects, want_held))
     return suite
 
