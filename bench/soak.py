@@ -11,7 +11,6 @@ the checkpoint each kill threw away. Never asserts on time; exits 1 when a check
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 from report import report
+
+from ldmcli.train.progress import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,14 +54,7 @@ def segment(command: list[str], seconds: float | None) -> tuple[str, str]:
 
 
 def records(run: Path) -> list[dict]:
-    """metrics.jsonl as written so far, without a last line that a kill cut short."""
-    path, out = run / "metrics.jsonl", []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
+    return read_metrics(run / "metrics.jsonl")
 
 
 def check(run: Path, steps: int, log_every: int) -> dict:

@@ -11,16 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ldmcli.metrics.prompts import CATEGORIES
-
-
-def _metrics(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+from ldmcli.train.progress import read_metrics
 
 
 def loss_plot(rows: list[dict], keys: list[str], title: str, out: Path) -> Path | None:
@@ -121,8 +112,8 @@ img{image-rendering:pixelated;max-width:100%}img.sample{width:96px;margin:2px}pr
 def write_report(out: Path, records: list[dict], total_s: float) -> Path:
     """Collect what the stages left in `out` into out/report.html (plots under out/report/)."""
     plots = out / "report"
-    ae_plot = loss_plot(_metrics(out / "ae" / "metrics.jsonl"), ["rec_loss", "loss_discriminator"], "autoencoder", plots / "ae_loss.png")
-    ldm_plot = loss_plot(_metrics(out / "ldm" / "metrics.jsonl"), ["loss"], "latent diffusion", plots / "ldm_loss.png")
+    ae_plot = loss_plot(read_metrics(out / "ae" / "metrics.jsonl"), ["rec_loss", "loss_discriminator"], "autoencoder", plots / "ae_loss.png")
+    ldm_plot = loss_plot(read_metrics(out / "ldm" / "metrics.jsonl"), ["loss"], "latent diffusion", plots / "ldm_loss.png")
     strip = recon_strip(out / "ae" / "recon", plots / "recon_pairs.png")
     parts = [f"<h1>ldmcli demo</h1><p>Text-to-image latent diffusion trained from scratch on the built-in shapes, "
              f"end to end in {total_s / 60:.1f} minutes of stage time.</p>", _headline(out)]

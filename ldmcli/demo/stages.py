@@ -4,7 +4,6 @@ ran again); an interrupted training stage resumes from its last checkpoint."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ldmcli.errors import UserError
+from ldmcli.train.progress import read_metrics
 
 HOLD_OUT = "purple triangle, yellow square"
 
@@ -112,16 +112,8 @@ def build_stages(out: Path, recipes: Path, plan: Plan) -> list[Stage]:
 
 
 def _last_step(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    lines = path.read_text().splitlines()
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return 0
+    records = read_metrics(run_dir / "metrics.jsonl")
+    return int(records[-1].get("step", 0)) if records else 0
 
 
 def run_stage(stage: Stage, fresh: bool, log: Path, on_progress: Callable[[float], None]) -> float:

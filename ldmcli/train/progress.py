@@ -72,6 +72,20 @@ def _logged_step(line: str) -> int | None:
         return None
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl as written so far (none when it is not there yet), without a line
+    that a kill cut short: what reports, progress bars and benches read."""
+    records = []
+    for line in Path(path).read_text(errors="replace").splitlines() if Path(path).is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per log interval; resuming drops records past the checkpoint
     and any line that a kill left half-written."""
