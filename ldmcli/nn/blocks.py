@@ -79,6 +79,13 @@ class Downsample(nn.Module):
         return self.conv(x)
 
 
+def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
+    """F.interpolate(x, scale_factor=2, mode="nearest") as one strided copy: the CPU kernel of interpolate
+    is several times slower (about 4x in bf16 at 16x64x32x32), which showed as a tenth of a decoder's time."""
+    b, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+
+
 class Upsample(nn.Module):
     """Nearest-neighbour x2 then a 3x3 conv (no checkerboard artefacts of transposed convs)."""
 
@@ -87,7 +94,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(upsample_nearest2x(x))
 
 
 class SelfAttention2d(nn.Module):
