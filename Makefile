@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python bench/data_throughput.py
 	$(BIN)/python bench/sampling.py
 	$(BIN)/python bench/unet_train.py
+	$(BIN)/python bench/latent_vs_pixel.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -1,4 +1,4 @@
-"""Generate images with a trained diffusion model dir: unconditional, class or text conditioned, with
+"""Generate images with a trained diffusion model dir: unconditional, class, text or layout conditioned, with
 classifier-free guidance; img2img (SDEdit); training-free inpainting; sizes beyond the training size.
 
 Every image has its own seed: its starting noise and every noise draw of a stochastic sampler come from
@@ -8,6 +8,7 @@ its own generator, so an image does not depend on which batch it was drawn in.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,9 +19,12 @@ from ldmcli.autoencoder.tiling import tiled_decode, tiled_encode
 from ldmcli.diffusion import parametrization as P
 from ldmcli.diffusion.first_stage import IdentityFirstStage
 from ldmcli.diffusion.guidance import guided_denoiser
+from ldmcli.diffusion.image_cond import inpaint_inputs, sr_inputs
+from ldmcli.diffusion.layout import Layout
 from ldmcli.diffusion.model import DiffusionModel
 from ldmcli.diffusion.samplers import SAMPLERS, Denoiser, alpha_bar_at, karras_timesteps, randn, spaced_timesteps
 from ldmcli.diffusion.samplers.base import batch_t
+from ldmcli.diffusion.tiled import tiled_denoiser, windows
 from ldmcli.errors import UserError
 
 SPACINGS = ("leading", "trailing", "linspace")
@@ -30,7 +34,9 @@ SPACINGS = ("leading", "trailing", "linspace")
 class Settings:
     """guidance None: the model's preview guidance when it is conditional, else 1. height/width 0: the
     training size. strength: how much of an init image is re-noised (1 = all). tile: decode (and encode)
-    in overlapping tiles of this many latent pixels when the latent is larger (0 = never)."""
+    in overlapping tiles of this many latent pixels when the latent is larger, and denoise so for
+    super-resolution and inpainting models (0 = never). noise_level: the augmentation level a
+    super-resolution model trained with noise levels is told its low-resolution input has."""
 
     sampler: str = "dpmpp_2m"
     steps: int = 25
@@ -44,6 +50,7 @@ class Settings:
     strength: float = 1.0
     tile: int = 64
     precision: str = "bf16"
+    noise_level: int = 0
 
 
 def inpaint_denoiser(denoise: Denoiser, known: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor,
@@ -62,6 +69,16 @@ def inpaint_denoiser(denoise: Denoiser, known: torch.Tensor, keep: torch.Tensor,
         return P.target(prediction, x0, eps, abar)
 
     return fn
+
+
+def paste_known(images: torch.Tensor, init: torch.Tensor, mask: torch.Tensor, feather: int = 2) -> torch.Tensor:
+    """Put the known pixels back after decoding (the autoencoder does not reproduce them exactly), blending
+    over 2 x `feather` pixels outside the mask so no edge shows; pixels further from it stay exact."""
+    soft = mask
+    if feather:
+        k = 2 * feather + 1
+        soft = torch.maximum(mask, F.avg_pool2d(F.max_pool2d(mask, k, 1, feather), k, 1, feather, count_include_pad=False))
+    return init * (1 - soft) + images * soft
 
 
 class Pipeline:
@@ -106,10 +123,17 @@ class Pipeline:
             raise UserError(f"--dtype must be fp32 or bf16, got '{s.precision}'")
         if s.tile < 0:
             raise UserError(f"--tile must be >= 0, got {s.tile}")
+        if s.tile and s.tile % self.model.unet.size_multiple:
+            raise UserError(f"--tile {s.tile} is not a multiple of the UNet's {self.model.unet.size_multiple}")
+        levels = self.model.recipe.unet.num_levels
+        if s.noise_level and not 0 <= s.noise_level < max(levels, 1):
+            raise UserError(f"--noise-level must lie in [0, {max(levels - 1, 0)}] for this model, got {s.noise_level}")
 
-    def conditions(self, prompts: Sequence[str], classes: Sequence[int]) -> list:
+    def conditions(self, prompts: Sequence[str], classes: Sequence[int], layouts: Sequence[Layout] = ()) -> list:
         """One entry per requested condition (None for an unconditional model); a class model given no
-        class gets every class in turn."""
+        class gets every class in turn; a layout model that reads captions takes every layout with every prompt."""
+        if layouts and self.kind != "layout":
+            raise UserError(f"--layout needs a layout-to-image model; this one is {self.kind}-conditioned")
         if self.kind == "none":
             if prompts or classes:
                 raise UserError("this model is unconditional: it takes no --prompt, --prompts or --class")
@@ -122,6 +146,12 @@ class Pipeline:
             if bad:
                 raise UserError(f"--class {bad[0]} is out of range: this model has classes 0..{n - 1}")
             return list(classes) or list(range(n))
+        if self.kind == "layout":
+            if classes or not layouts:
+                raise UserError("this model is layout-conditional: give --layout FILE (and --prompt if it reads captions)")
+            if prompts and not self.model.recipe.conditioner.caption:
+                raise UserError("this layout model reads no caption: give --layout without --prompt/--prompts")
+            return [dataclasses.replace(layout, caption=p) for layout in layouts for p in (prompts or [""])]
         if classes:
             raise UserError("this model is text-conditional: use --prompt or --prompts, not --class")
         if not prompts:
@@ -175,25 +205,73 @@ class Pipeline:
             out = tiled_decode(fs, z, self.s.tile, self.s.tile // 4) if self._large(max(z.shape[-2:])) else fs.decode(z)
         return out.float().clamp(-1, 1)
 
+    @property
+    def task(self) -> str:
+        return self.model.recipe.task.kind
+
+    def _image_inputs(self, n: int, shape: tuple[int, ...], init: torch.Tensor | None, mask: torch.Tensor | None,
+                      low: torch.Tensor | None) -> dict:
+        """The extra UNet inputs of a super-resolution or inpainting model for the whole canvas."""
+        if self.task == "sr":
+            if low is None:
+                raise UserError("this is a super-resolution model: use ldm upscale IMAGE --model DIR")
+            levels = torch.full((n,), self.s.noise_level, device=self.device) if self.model.recipe.unet.num_levels else None
+            extra = sr_inputs(low.to(self.device), shape[-2:], levels, torch.Generator().manual_seed(0))
+        elif self.task == "inpaint":
+            if init is None or mask is None:
+                raise UserError("this is an inpainting model: give --init IMAGE and --mask MASK")
+            extra = inpaint_inputs(init.to(self.device), mask.to(self.device).float(), self.encode)
+        else:
+            return {}
+        return {k: v.expand(n, *v.shape[1:]) if k == "concat" else v for k, v in extra.items()}
+
+    def _denoiser(self, cond: dict, uncond: dict | None, extra: dict, shape: tuple[int, ...],
+                  on_tile: Callable[[], None] | None) -> Denoiser:
+        s = self.s
+        if not extra:
+            return guided_denoiser(self._net, cond, uncond, s.guidance, s.rescale)
+
+        def for_window(win: tuple[int, int, int, int]) -> Denoiser:
+            top, left, h, w = win
+            crop = {k: v[..., top:top + h, left:left + w] if k == "concat" else v for k, v in extra.items()}
+            return guided_denoiser(self._net, cond | crop, None if uncond is None else uncond | crop, s.guidance, s.rescale)
+
+        tile = s.tile or max(shape[-2:])
+        return tiled_denoiser(for_window, shape, tile, tile // 4, self.model.unet.size_multiple, on_tile)[0]
+
+    def tiles(self) -> int:
+        """Tiles the UNet runs per denoising step (1 unless a super-resolution or inpainting canvas is large)."""
+        h, w = self.s.height // self.factor, self.s.width // self.factor
+        tile = self.s.tile or max(h, w)
+        return len(windows(h, w, tile, tile // 4, self.model.unet.size_multiple)) if self.task != "generate" else 1
+
     def __call__(self, conds: list, seeds: Sequence[int], init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                 on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+                 on_step: Callable[[int], None] | None = None, low: torch.Tensor | None = None,
+                 on_tile: Callable[[], None] | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] for conditions and seeds of one batch. init: (1, 3, H, W) in
-        [-1, 1]; mask: (1, 1, H, W), True where the image is to be generated (needs init)."""
+        [-1, 1]; mask: (1, 1, H, W), True where the image is to be generated (needs init); low: (1 or B, 3,
+        H / scale, W / scale) for a super-resolution model. An inpainting model sees the mask and the
+        masked image and its known region is pasted back after decoding; any other model inpaints by
+        pulling the known region back at every step."""
         s, model = self.s, self.model
         gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
         shape = (len(seeds), self.channels, s.height // self.factor, s.width // self.factor)
         noise = randn(torch.empty(shape, device=self.device), gens)
         cond, uncond = self._encodings(conds)
-        denoise = guided_denoiser(self._net, cond, uncond, s.guidance, s.rescale)
+        extra = self._image_inputs(len(seeds), shape, init, mask, low)
+        denoise = self._denoiser(cond, uncond, extra, shape, on_tile)
         timesteps = self.timesteps
         x = noise
         if init is not None:
             timesteps = self.strength_steps()
             known = self.encode(init.to(self.device)).expand(shape)
             x = P.add_noise(known, noise, alpha_bar_at(batch_t(timesteps[0], noise), model.alphas_cumprod))
-            if mask is not None:
+            if mask is not None and self.task != "inpaint":
                 keep = ~F.max_pool2d(mask.to(self.device).float(), self.factor).bool().expand(shape)
                 denoise = inpaint_denoiser(denoise, known, keep, noise, model.alphas_cumprod, model.prediction)
         callback = None if on_step is None else (lambda i, t, xi, x0: on_step(i))
         z = SAMPLERS[s.sampler].fn(denoise, x, timesteps, model.alphas_cumprod, model.prediction, generator=gens, callback=callback)
-        return self.decode(z)
+        images = self.decode(z)
+        if self.task == "inpaint":
+            images = paste_known(images, init.to(self.device), mask.to(self.device).float())
+        return images

@@ -31,7 +31,17 @@ BAD_VALUES = {
     ("data", "build"): (["digits", "--out", "{tmp}/d", "--split", "test"], "'test' is not one of"),
     ("data", "info"): (["{tmp}/nothing-*.tar"], "no shard matches"),
     ("demo",): (["--out", "{tmp}/d", "--recipes", "{tmp}/none"], "demo recipe"),
+    ("upscale",): (["{tmp}", "--model", "{tmp}", "--steps", "many"], "Invalid value for '--steps'"),
 }
+
+
+# Options added to a command after its entry above: one bad value each.
+NEWER_OPTIONS = [
+    (("train-diffusion",), ["x.tar", "--out", "{tmp}/r", "--task", "colourise"], "unknown --task 'colourise'"),
+    (("sample",), ["--model", "{tmp}", "--layout"], "Option '--layout' requires an argument"),
+    (("eval",), ["--layout", "--scenes", "many"], "Invalid value for '--scenes'"),
+    (("eval",), ["--layout"], "--layout needs --model MODEL_DIR"),
+]
 
 
 def test_every_command_has_a_bad_value_case():
@@ -46,4 +56,9 @@ def test_unknown_option(path):
 @pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
 def test_bad_value(path, tmp_path):
     args, needle = BAD_VALUES[path]
+    one_error_line(run_cli(*path, *(a.format(tmp=tmp_path) for a in args)), needle)
+
+
+@pytest.mark.parametrize("path, args, needle", NEWER_OPTIONS, ids=lambda v: " ".join(v) if isinstance(v, (list, tuple)) else v)
+def test_bad_value_of_a_newer_option(path, args, needle, tmp_path):
     one_error_line(run_cli(*path, *(a.format(tmp=tmp_path) for a in args)), needle)

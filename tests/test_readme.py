@@ -2,7 +2,7 @@
 small folder of captioned pictures, so that the README cannot drift from the tool.
 
 Tiny settings, added the same way to every command of a kind: training commands run 2 steps of batch 4
-without previews, samplers 2 steps; the FID Inception is a random one under $TORCH_HOME.
+without previews, samplers and upscaling 2 steps; the FID Inception is a random one under $TORCH_HOME.
 """
 
 import re
@@ -36,7 +36,7 @@ def tiny(words: list[str]) -> list[str]:
     args = words[1:]
     if args[0].startswith("train-"):
         return args + TINY_TRAIN
-    if args[0] == "sample":
+    if args[0] in ("sample", "upscale"):
         return args + ["--steps", "2"]
     return args
 

@@ -24,8 +24,10 @@ def randomise(model):
 
 def test_output_shape_concat_channels_and_heads_by_width():
     unet = tiny(out_channels=4, concat_channels=2, head_dim=4)
-    out = unet(torch.randn(2, 5, 8, 8), torch.tensor([1, 999]))
+    out = unet(torch.randn(2, 3, 8, 8), torch.tensor([1, 999]), concat=torch.randn(2, 2, 8, 8))
     assert out.shape == (2, 4, 8, 8)
+    with pytest.raises(ValueError, match="2 concat channels"):
+        unet(torch.randn(2, 3, 8, 8), torch.tensor([1, 999]))
     assert unet.down[0][1].blocks[0].attn1.heads == 2  # 8 channels / 4 per head
 
 
@@ -95,3 +97,17 @@ def test_bf16_autocast_gradients_point_the_same_way_as_fp32():
         (out.float() - target).square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in unet.parameters()]))
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
+
+
+def test_position_encoding_tells_attention_where_it_is():
+    """On a constant map a SpatialTransformer's output is the same everywhere; with the 2-D position
+    encoding it differs from cell to cell (so a box's coordinates can address a place)."""
+    from ldmcli.nn.attention import SpatialTransformer
+
+    x = torch.ones(1, 8, 4, 4)
+    for pe in (False, True):
+        block = randomise(SpatialTransformer(8, 2, 4, position_encoding=pe))
+        with torch.no_grad():
+            out = block(x)
+        spread = (out - out[..., :1, :1]).abs().max()
+        assert (spread > 1e-3) == pe, (pe, spread)

@@ -6,6 +6,7 @@ from conftest import ROOT
 
 from ldmcli.config import load_recipe
 from ldmcli.diffusion.config import DiffusionRecipe
+from ldmcli.diffusion.layout import Box, Layout
 from ldmcli.diffusion.model import build, resolve
 from ldmcli.diffusion.unet import UNet
 
@@ -14,7 +15,11 @@ CPU = {  # recipe -> latent (channels, size) of the data it is meant for
     "ldm-digits-class": (3, 8),
     "dm-pixel-digits": (3, 32),
     "ldm-shapes-text": (3, 16),
+    "ldm-shapes-layout": (3, 16),
     "ldm-photos-uncond": (3, 16),
+    "sr-photos-x4": (3, 16),
+    "inpaint-shapes": (3, 16),
+    "sr-imagenet-x4-paper": (3, 64),  # 119M parameters (not checked against the paper: its config's count is not in REFERENCES.md)
 }
 PAPER = {  # recipe -> latent shape, expected millions of parameters (UNet + trained conditioner), source
     "ldm-celebahq-uncond-paper": ((3, 64), 274, "paper Table 13: 274M"),
@@ -29,7 +34,7 @@ def recipe(name):
 
 
 def test_every_diffusion_recipe_is_covered():
-    names = {p.stem for p in RECIPES.glob("*.toml") if p.stem.startswith(("ldm-", "dm-", "sd2-"))}
+    names = {p.stem for p in RECIPES.glob("*.toml") if p.stem.startswith(("ldm-", "dm-", "sd2-", "sr-", "inpaint-"))}
     assert names == set(CPU) | set(PAPER)
 
 
@@ -38,8 +43,10 @@ def test_cpu_recipe_output_shape(name):
     channels, size = CPU[name]
     cfg = resolve(recipe(name), channels, size)
     unet, cond = build(cfg)
-    inputs = {"cls": torch.tensor([3]), "txt": ["a red circle"]}.get(cond.key)
+    inputs = {"cls": torch.tensor([3]), "txt": ["a red circle"], "json": [Layout((Box("circle", "red", (0.1, 0.1, 0.4, 0.4)),))]}.get(cond.key)
     enc = cond(inputs) if inputs is not None else {}
+    if cfg.unet.concat_channels:  # the low-resolution image, or the mask and masked latent
+        enc["concat"] = torch.randn(1, cfg.unet.concat_channels, size, size)
     with torch.no_grad():
         out = unet(torch.randn(1, channels, size, size), torch.tensor([500]), **enc)
     assert out.shape == (1, channels, size, size)

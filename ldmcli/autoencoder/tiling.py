@@ -21,7 +21,7 @@ def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> list
     return starts + [last] if last not in starts else starts
 
 
-def _ramp(n: int, width: int, device: torch.device) -> torch.Tensor:
+def ramp(n: int, width: int, device: torch.device) -> torch.Tensor:
     i = torch.arange(n, device=device, dtype=torch.float32)
     width = max(1, width)
     return torch.minimum((i + 0.5) / width, (n - i - 0.5) / width).clamp(max=1.0)
@@ -44,8 +44,8 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int
             if out is None:
                 out = torch.zeros(*piece.shape[:-2], round(h * scale), round(w * scale), device=piece.device)
                 weight = torch.zeros(round(h * scale), round(w * scale), device=piece.device)
-            ramp = round(overlap * scale)
-            wmap = _ramp(ph, ramp, piece.device)[:, None] * _ramp(pw, ramp, piece.device)[None, :]
+            width = round(overlap * scale)
+            wmap = ramp(ph, width, piece.device)[:, None] * ramp(pw, width, piece.device)[None, :]
             t, l = round(top * scale), round(left * scale)
             out[..., t : t + ph, l : l + pw] += piece * wmap
             weight[t : t + ph, l : l + pw] += wmap

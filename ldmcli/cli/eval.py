@@ -1,5 +1,5 @@
 """`ldm eval`: one command, its flags pick the metrics (`--recon`; `--fid/--kid/--isc/--prc` of samples;
-`--prompts` of a text-to-image shapes model)."""
+`--prompts` of a text-to-image shapes model; `--layout` of a layout-to-image one)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.table import Table
 from ldmcli.autoencoder import load_autoencoder
 from ldmcli.autoencoder.evaluate import evaluate_recon
 from ldmcli.autoencoder.lpips_loader import default_weights_path, load_lpips
+from ldmcli.cli.eval_layout import run_layout
 from ldmcli.cli.eval_sweep import parse_list, run_sweep
 from ldmcli.cli.eval_text import run_clip_score, run_prompts
 from ldmcli.data.shapes import parse_hold_out
@@ -35,7 +36,7 @@ def _lpips(weights: Path | None):
 
 
 def eval_command(
-    shards: list[str] = typer.Argument(None, help="Image shards for --recon: paths, dirs, globs, {a..b} or pipe: URLs."),
+    shards: list[str] = typer.Argument(None, help="Image shards for --recon (or scenes for --layout): paths, dirs, globs, {a..b} or pipe: URLs."),
     recon: bool = typer.Option(False, "--recon", help="Reconstruction fidelity of --ae, next to bicubic at the same latent size."),
     ae: Path = typer.Option(None, "--ae", help="Autoencoder model dir (from ldm train-ae or ldm convert)."),
     fid: bool = typer.Option(False, "--fid", help="Frechet Inception Distance of --samples against --ref."),
@@ -43,7 +44,9 @@ def eval_command(
     isc: bool = typer.Option(False, "--isc", help="Inception Score of --samples."),
     prc: bool = typer.Option(False, "--prc", help="Precision and recall (k = 3 nearest neighbours) against --ref."),
     prompts: bool = typer.Option(False, "--prompts", help="Prompt adherence of a text-to-image shapes --model (GenEval-style categories)."),
-    model: Path = typer.Option(None, "--model", help="Diffusion model dir for --prompts."),
+    layout: bool = typer.Option(False, "--layout", help="Layout adherence of a layout-to-image shapes --model: IoU of the detected objects with the boxes of held-out scenes."),
+    scenes: int = typer.Option(64, "--scenes", help="--layout: scenes whose layouts are sampled (fresh shapes val scenes, or the first ones of the given shards)."),
+    model: Path = typer.Option(None, "--model", help="Diffusion model dir for --prompts, --layout and --sweep."),
     sweep: bool = typer.Option(False, "--sweep", help="FID against NFE per sampler for --model (table, --json, --plot)."),
     samplers: str = typer.Option("ddim,dpmpp_2m", "--samplers", help="--sweep: comma-separated samplers."),
     sweep_steps: str = typer.Option("5,10,20,50", "--sweep-steps", help="--sweep: comma-separated step counts."),
@@ -52,12 +55,12 @@ def eval_command(
     clip_arch: str = typer.Option("ViT-H-14", "--clip-arch", help="--clip-score: open_clip architecture."),
     clip_weights: Path = typer.Option(None, "--clip-weights", help="--clip-score: the open_clip model's .safetensors file."),
     per_category: int = typer.Option(16, "--per-category", help="--prompts: prompts per category."),
-    n: int = typer.Option(None, "--n", help="--prompts: images per prompt (default 4); --sweep: images per cell (default 500)."),
+    n: int = typer.Option(None, "--n", help="--prompts: images per prompt (default 4); --layout: images per layout (default 2); --sweep: images per cell (default 500)."),
     hold_out: str = typer.Option("", "--hold-out", help="--prompts: the colour-shape pairs held out of training (as given to ldm data build); half of each category's prompts name one."),
-    sampler: str = typer.Option("dpmpp_2m", "--sampler", help="--prompts: sampler."),
-    steps: int = typer.Option(25, "--steps", help="--prompts: sampler steps."),
-    cfg: float = typer.Option(None, "--cfg", help="--prompts: guidance scale (default: the model's preview guidance)."),
-    seed: int = typer.Option(0, "--seed", help="--prompts: seeds the prompt suite and the images."),
+    sampler: str = typer.Option("dpmpp_2m", "--sampler", help="--prompts, --layout: sampler."),
+    steps: int = typer.Option(25, "--steps", help="--prompts, --layout: sampler steps."),
+    cfg: float = typer.Option(None, "--cfg", help="--prompts, --layout: guidance scale (default: the model's preview guidance)."),
+    seed: int = typer.Option(0, "--seed", help="--prompts, --layout: seeds the prompt suite or the val scenes, and the images."),
     accuracy: bool = typer.Option(False, "--accuracy", help="Classifier accuracy on the class of each sample (and on --ref); needs --features classifier."),
     samples: str = typer.Option(None, "--samples", help="Generated images: a folder of PNGs (ldm sample) or shards."),
     ref: str = typer.Option(None, "--ref", help="Reference: image shards or folder, or an npz of statistics (FID only)."),
@@ -76,7 +79,7 @@ def eval_command(
     precision: str = typer.Option("bf16", "--precision", help="bf16 (autocast) or fp32."),
     lpips_weights: Path = typer.Option(None, "--lpips-weights", help="torchvision alexnet file for LPIPS (default: the torch cache; skipped when absent)."),
     json_path: Path = typer.Option(None, "--json", help="Write the figures as JSON here."),
-    save: Path = typer.Option(None, "--save", help="--recon: write NAME.orig.png / NAME.recon.png pairs here; --prompts: each judged image and grid.png."),
+    save: Path = typer.Option(None, "--save", help="--recon: write NAME.orig.png / NAME.recon.png pairs here; --prompts, --layout: each judged image and grid.png."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     num_workers: int = typer.Option(0, "--num-workers", help="Data loader workers."),
 ) -> None:
@@ -86,6 +89,8 @@ def eval_command(
     Example: ldm eval --fid --kid --samples out/ --ref data/digits-val --save-stats digits-val.npz --json fid.json
     Example: ldm eval --prompts --model runs/ldm-shapes/model --hold-out "purple triangle" --json adherence.json --save adherence/
 
+    Example: ldm eval --layout --model runs/ldm-layout/model --scenes 128 --json layout.json --save layout/
+
     Example: ldm eval --sweep --model runs/ldm-digits/model --samplers ddim,dpmpp_2m --sweep-steps 5,10,20,50 --ref data/digits-val --features classifier --classifier runs/clf/model --plot sweep.png
 
     Example: ldm eval --clip-score --samples out/ --clip-arch ViT-H-14 --clip-weights open_clip_model.safetensors
@@ -93,7 +98,7 @@ def eval_command(
     Example: ldm eval --fid --accuracy --features classifier --classifier runs/clf-digits/model --samples out/ --ref data/digits-val
     """
     if sweep:
-        if recon or prompts or clip_score or fid or kid or isc or prc or accuracy:
+        if recon or prompts or layout or clip_score or fid or kid or isc or prc or accuracy:
             raise UserError("--sweep measures FID itself: run it without the other metric flags")
         if model is None:
             raise UserError("--sweep needs --model MODEL_DIR")
@@ -102,9 +107,17 @@ def eval_command(
                   500 if n is None else n, seed, cfg, batch_size, device, json_path, plot_path)
         return
     if clip_score:
-        if recon or prompts or fid or kid or isc or prc or accuracy:
+        if recon or prompts or layout or fid or kid or isc or prc or accuracy:
             raise UserError("--clip-score is a metric of its own: run it without the other metric flags")
         run_clip_score(samples, clip_arch, clip_weights, batch_size, device, json_path)
+        return
+    if layout:
+        if recon or prompts or fid or kid or isc or prc or accuracy:
+            raise UserError("--layout is a metric of its own: run it without the other metric flags")
+        if model is None:
+            raise UserError("--layout needs --model MODEL_DIR (a layout-to-image model from ldm train-diffusion)")
+        settings = Settings(sampler=sampler, steps=steps, guidance=cfg, precision=precision)
+        run_layout(model, shards, scenes, 2 if n is None else n, settings, seed, batch_size, device, save, json_path)
         return
     if prompts:
         if recon or fid or kid or isc or prc or accuracy:

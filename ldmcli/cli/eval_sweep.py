@@ -77,8 +77,8 @@ def run_sweep(model_dir: Path, samplers: list[str], steps: list[int], ref: str |
     try:
         model = M.load(model_dir, env.device)
         kind = model.recipe.conditioner.kind
-        if kind in ("text", "clip"):
-            raise UserError("--sweep measures FID of unconditional or class-conditional models; for text models use --prompts per sampler")
+        if kind in ("text", "clip", "layout"):
+            raise UserError("--sweep measures FID of unconditional or class-conditional models; for text or layout models use --prompts or --layout per sampler")
         conds = [k % model.recipe.conditioner.num_classes for k in range(n)] if kind == "class" else [None] * n
         seeds = [seed + k for k in range(n)]
         space: FeatureSpace = space_factory(env.device)

@@ -61,7 +61,7 @@ def _root(
 
 
 def _register() -> None:
-    from ldmcli.cli import convert, data, demo, encode, eval, info, sample, train_ae, train_classifier, train_diffusion
+    from ldmcli.cli import convert, data, demo, encode, eval, info, sample, train_ae, train_classifier, train_diffusion, upscale
 
     app.add_typer(data.app, name="data")
     app.command("info")(info.info)
@@ -72,6 +72,7 @@ def _register() -> None:
     app.command("eval")(eval.eval_command)
     app.command("train-diffusion")(train_diffusion.train_diffusion)
     app.command("sample")(sample.sample)
+    app.command("upscale")(upscale.upscale)
     app.command("demo")(demo.demo)
 
 

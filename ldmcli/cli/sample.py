@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ldmcli.modeldir import weights_id
 from ldmcli.data.decode import CorruptSample, open_image
 from ldmcli.diffusion import model as M
+from ldmcli.diffusion.layout import Layout, read_layout
 from ldmcli.diffusion.samplers import SAMPLERS
 from ldmcli.errors import UserError
 from ldmcli.images import save_grid, to_uint8
@@ -35,16 +36,48 @@ def _read_prompts(path: Path | None) -> list[str]:
     return prompts
 
 
-def _load_image(path: Path, what: str, size: tuple[int, int] | None) -> Image.Image:
+def load_image(path: Path, what: str) -> Image.Image:
     try:
         im = open_image(Path(path).read_bytes())
     except (OSError, CorruptSample) as err:
         raise UserError(f"cannot read {what} image {path}: {err}") from None
-    return im if size is None or im.size == size else im.resize(size, Image.Resampling.LANCZOS if what == "--init" else Image.Resampling.NEAREST)
+    return im
 
 
-def _tensor(im: Image.Image) -> torch.Tensor:
+def _load_mask(path: Path, size: tuple[int, int], init_size: tuple[int, int]) -> torch.Tensor:
+    """(1, 1, H, W) bool, True = generate. One channel (or grey RGB), the init image's size, and black and
+    white: a photo or a soft matte given by mistake would otherwise inpaint a surprise region."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im.convert("RGBA" if im.mode in ("RGBA", "LA", "PA") else "RGB"))
+    except OSError as err:
+        raise UserError(f"cannot read --mask image {path}: {err}") from None
+    rgb = arr[..., :3]
+    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        raise UserError(f"--mask {path} is not single-channel: give a greyscale image (white = generate, black = keep)")
+    if (arr.shape[1], arr.shape[0]) != init_size:
+        raise UserError(f"--mask {path} is {arr.shape[1]}x{arr.shape[0]} but --init is {init_size[0]}x{init_size[1]}")
+    grey = float(((rgb[..., 0] > 32) & (rgb[..., 0] < 223)).mean())
+    if grey > 0.05:
+        raise UserError(f"--mask {path} is not a 0/1 mask ({grey:.0%} of its pixels are grey): white = generate, black = keep")
+    binary = Image.fromarray(np.where(rgb[..., 0] > 127, 255, 0).astype(np.uint8))
+    if binary.size != size:
+        binary = binary.resize(size, Image.Resampling.NEAREST)
+    return torch.from_numpy(np.asarray(binary) > 0)[None, None]
+
+
+def to_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def _condition_chunks(c) -> dict:
+    """The PNG text chunks that say what an image was asked for."""
+    if c is None:
+        return {}
+    if isinstance(c, Layout):
+        return {"layout": c.to_json()} | ({"prompt": c.caption} if c.caption else {})
+    return {"class": str(c)} if isinstance(c, int) else {"prompt": c}
 
 
 def sample(
@@ -52,7 +85,8 @@ def sample(
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="Text prompt (repeatable)."),
     prompts_file: Path = typer.Option(None, "--prompts", help="File with one prompt per line."),
     classes: list[int] = typer.Option([], "--class", "-c", help="Class index (repeatable; default: every class)."),
-    n: int = typer.Option(4, "--n", help="Images per prompt or class (in all, for an unconditional model)."),
+    layouts: list[Path] = typer.Option([], "--layout", help='Layout JSON file (repeatable): a list of {"label", "colour" (optional), "box": [x0, y0, x1, y1] in 0..1}.'),
+    n: int = typer.Option(4, "--n", help="Images per prompt, class or layout (in all, for an unconditional model)."),
     batch: int = typer.Option(8, "--batch", help="Images sampled together."),
     sampler: str = typer.Option("dpmpp_2m", "--sampler", help=f"One of {', '.join(SAMPLERS)}."),
     steps: int = typer.Option(25, "--steps", help="Sampler steps (heun costs 2 model calls a step, plms 1 extra)."),
@@ -73,9 +107,11 @@ def sample(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("bf16", "--dtype", help="bf16 (autocast for the networks; sampler arithmetic stays fp32) or fp32."),
 ) -> None:
-    """Sample images from a diffusion model: text, class or unconditional; img2img and inpainting.
+    """Sample images from a diffusion model: text, class, layout or unconditional; img2img and inpainting.
 
     Example: ldm sample --model runs/ldm-digits/model --class 3 --class 7 --n 8 --grid --out samples/digits
+
+    Example: ldm sample --model runs/ldm-layout/model --layout layout.json --n 8 --grid --out samples/layout
     """
     if n < 1 or batch < 1:
         raise UserError("--n and --batch must be at least 1")
@@ -86,14 +122,15 @@ def sample(
     settings = Settings(sampler=sampler, steps=steps, spacing=spacing, karras=karras, guidance=cfg, rescale=rescale, negative=negative,
                         height=height, width=width, strength=strength if strength is not None else (1.0 if mask else 0.75),
                         tile=tile, precision=dtype)
-    if init is not None and not (height or width):  # the init image's size, rounded down as diffusers does
+    init_im = load_image(init, "--init") if init is not None else None
+    if init_im is not None and not (height or width):  # the init image's size, rounded down as diffusers does
         m = model.first_stage.factor * model.unet.size_multiple
-        settings.width, settings.height = (max(m, v - v % m) for v in _load_image(init, "--init", None).size)
+        settings.width, settings.height = (max(m, v - v % m) for v in init_im.size)
     pipe = Pipeline(model, settings, dev)
-    conds = pipe.conditions(prompt + _read_prompts(prompts_file), classes)
+    conds = pipe.conditions(prompt + _read_prompts(prompts_file), classes, [read_layout(p, model.recipe.conditioner) for p in layouts])
     size = (settings.width, settings.height)
-    init_t = _tensor(_load_image(init, "--init", size)) if init is not None else None
-    mask_t = (_tensor(_load_image(mask, "--mask", size))[:, :1] > 0) if mask is not None else None
+    init_t = to_tensor(init_im if init_im.size == size else init_im.resize(size, Image.Resampling.LANCZOS)) if init is not None else None
+    mask_t = _load_mask(mask, size, init_im.size) if mask is not None else None
     run_steps = len(pipe.strength_steps() if init is not None else pipe.timesteps)
 
     jobs = [(c, seed + k) for k, c in enumerate(c for c in conds for _ in range(n))]
@@ -117,7 +154,7 @@ def sample(
             imgs = pipe([c for c, _ in chunk], [s for _, s in chunk], init_t, mask_t, on_step=lambda i: bar.advance(task))
             for (c, s), img in zip(chunk, to_uint8(imgs)):
                 info = PngImagePlugin.PngInfo()
-                cond = {} if c is None else {"class": str(c)} if isinstance(c, int) else {"prompt": c}
+                cond = _condition_chunks(c)
                 for key, value in (cond | {"seed": str(s)} | meta).items():
                     info.add_itxt(key, value)
                 Image.fromarray(img).save(out / f"{s - seed:05d}.png", pnginfo=info)

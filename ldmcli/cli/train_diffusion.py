@@ -12,6 +12,7 @@ from ldmcli.cli.common import DEVICE, OUT, QUIET, RECIPE, RESUME, SET, prepare_r
 from ldmcli.data.reader import eval_loader, resolve_shards
 from ldmcli.diffusion.config import KIND, RUN_KIND, DiffusionRecipe
 from ldmcli.diffusion.first_stage import load_first_stage, measure_scale_factor
+from ldmcli.diffusion.image_cond import TASKS
 from ldmcli.diffusion.model import resolve
 from ldmcli.diffusion.task import DiffusionTask
 from ldmcli.errors import UserError
@@ -39,6 +40,8 @@ def _first_stage(cfg: DiffusionRecipe, shards: list[str], ae: Path | None):
     fs = cfg.first_stage
     latent_dir = _latent_dir(shards)
     if latent_dir is not None:
+        if cfg.task.kind != "generate":
+            raise UserError(f"task {cfg.task.kind} builds its inputs from images: give image shards (with --ae), not latents")
         stats = read_stats(latent_dir)
         fs.autoencoder = _latents_autoencoder(stats, latent_dir, ae or (Path(fs.autoencoder) if fs.autoencoder else None))
         fs.scale_factor = fs.scale_factor or float(stats["scale_factor"])
@@ -66,6 +69,7 @@ def train_diffusion(
     sets: list[str] = SET,
     out: Path = OUT,
     ae: Path = typer.Option(None, "--ae", help="Autoencoder model dir: encode image shards on the fly."),
+    task: str = typer.Option(None, "--task", help="generate (default), sr (super-resolution: the UNet also sees the low-res image) or inpaint (it sees the mask and masked image); same as --set task.kind=..."),
     resume: Path = RESUME,
     device: str = DEVICE,
     quiet: bool = QUIET,
@@ -74,8 +78,12 @@ def train_diffusion(
 
     Example: ldm train-diffusion data/digits-latents --recipe recipes/ldm-digits-class.toml --out runs/ldm-digits
     """
-    if resume is not None and ae is not None:
-        raise UserError("--resume takes the run dir only; its config.json names the autoencoder")
+    if resume is not None and (ae is not None or task is not None):
+        raise UserError("--resume takes the run dir only; its config.json names the autoencoder and the task")
+    if task is not None:
+        if task not in TASKS:
+            raise UserError(f"unknown --task '{task}' (choose from {', '.join(TASKS)})")
+        sets = [*sets, f"task.kind={task}"]
     cfg, run_dir = prepare_run(DiffusionRecipe, RUN_KIND, shards or [], recipe, sets, out, resume, device)
     shards_list = resolve_shards(cfg.data.shards)
     cfg, first_stage, encode = _first_stage(cfg, shards_list, ae)

@@ -1,13 +1,13 @@
-"""Conditioners: turn a batch's class labels or captions into what the UNet consumes.
+"""Conditioners: turn a batch's class labels, captions or layouts into what the UNet consumes.
 
 Each returns a dict with `context` (B, N, D) tokens for cross-attention and/or `y` (B, time_embed_dim)
 added to the time embedding. The unconditional input used for classifier-free guidance is part of
-each conditioner: the extra null class, or the empty caption.
+each conditioner: the extra null class, the empty caption, or the empty layout (layout.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -16,13 +16,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ldmcli import openclip
+from ldmcli.data.shapes import COLORS, SHAPES
 from ldmcli.errors import UserError
 from ldmcli.nn.attention import Attention
 
 
 @dataclass
 class ConditionerConfig:
-    """kind: none | class | text (transformer trained with the UNet) | clip (frozen OpenCLIP text tower).
+    """kind: none | class | text (transformer trained with the UNet) | clip (frozen OpenCLIP text tower) |
+    layout (boxes, each a label, an optional colour and a position, as tokens; ldmcli/diffusion/layout.py).
 
     class_target "time" adds the class embedding to the time embedding; "context" gives it as one
     cross-attention token of width `width` (the paper's ImageNet model). For text, `width`, `layers`,
@@ -31,9 +33,13 @@ class ConditionerConfig:
     pooled (text): also add a projection of the caption's end-of-text token to the time embedding, as
     SDXL adds its pooled text embedding: a global path for what the whole image is (colour, object) that
     learns far sooner than cross-attention alone.
+    layout: `labels` and `colours` are the vocabularies of the boxes (by default the built-in shapes'),
+    at most `max_boxes` boxes per image, each coordinate quantised to `coord_bins` bins; `width`, `layers`,
+    `heads` and `head_dim` size its transformer. caption (layout): also read the sample's caption with a
+    jointly trained text encoder (sized as for kind text, `pooled` allowed); its tokens follow the boxes'.
     """
 
-    kind: Literal["none", "class", "text", "clip"] = "none"
+    kind: Literal["none", "class", "text", "clip", "layout"] = "none"
     num_classes: int = 10
     class_target: Literal["time", "context"] = "time"
     width: int = 512
@@ -47,6 +53,11 @@ class ConditionerConfig:
     clip_layer: Literal["penultimate", "last"] = "penultimate"
     drop_prob: float = 0.1
     pooled: bool = False
+    labels: list[str] = field(default_factory=lambda: list(SHAPES))
+    colours: list[str] = field(default_factory=lambda: list(COLORS))
+    max_boxes: int = 8
+    coord_bins: int = 64
+    caption: bool = False
 
 
 class NoConditioner(nn.Module):
@@ -184,8 +195,14 @@ class ClipTextConditioner(_Tokenized):
 
 
 def build_conditioner(cfg: ConditionerConfig, time_embed_dim: int) -> nn.Module:
-    if cfg.pooled and cfg.kind != "text":
-        raise UserError("conditioner.pooled is for the jointly trained text encoder (kind = \"text\")")
+    if cfg.pooled and not (cfg.kind == "text" or (cfg.kind == "layout" and cfg.caption)):
+        raise UserError("conditioner.pooled is for the jointly trained text encoder (kind = \"text\", or \"layout\" with caption)")
+    if cfg.caption and cfg.kind != "layout":
+        raise UserError("conditioner.caption adds a caption to a layout (kind = \"layout\")")
+    if cfg.kind == "layout":
+        from ldmcli.diffusion.layout import LayoutConditioner  # it builds on this module's text encoder
+
+        return LayoutConditioner(cfg, time_embed_dim)
     if cfg.kind == "none":
         return NoConditioner()
     if cfg.kind == "class":
@@ -199,7 +216,7 @@ def context_dim(cfg: ConditionerConfig) -> int:
     """Width of the context tokens this conditioner gives the UNet (0 when it gives none)."""
     if cfg.kind == "class":
         return cfg.width if cfg.class_target == "context" else 0
-    if cfg.kind == "text":
+    if cfg.kind in ("text", "layout"):
         return cfg.width
     if cfg.kind == "clip":
         import open_clip

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ldmcli.config import DataConfig, TrainConfig
 from ldmcli.diffusion.conditioning import ConditionerConfig
+from ldmcli.diffusion.image_cond import TaskConfig
 from ldmcli.diffusion.objective import ObjectiveConfig
 from ldmcli.diffusion.schedule import ScheduleConfig
 from ldmcli.diffusion.unet import UNetConfig
@@ -39,6 +40,7 @@ class PreviewConfig:
 
 @dataclass
 class DiffusionRecipe:
+    task: TaskConfig = field(default_factory=TaskConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

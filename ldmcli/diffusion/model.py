@@ -18,6 +18,7 @@ from torch import nn
 from ldmcli.diffusion.conditioning import build_conditioner, context_dim
 from ldmcli.diffusion.config import KIND, DiffusionRecipe
 from ldmcli.diffusion.first_stage import load_first_stage
+from ldmcli.diffusion.image_cond import check as check_task, concat_channels
 from ldmcli.diffusion.schedule import alphas_cumprod
 from ldmcli.diffusion.unet import UNet
 from ldmcli.errors import UserError
@@ -25,7 +26,9 @@ from ldmcli.modeldir import load_weights, read_model_config, save_model_dir
 
 
 def resolve(recipe: DiffusionRecipe, channels: int, size: int) -> DiffusionRecipe:
-    """Fill in what the recipe leaves to the data: latent channels and size, context width."""
+    """Fill in what the recipe leaves to the data: latent channels and size, context width, the extra
+    input channels and noise levels of an image-conditioned task."""
+    check_task(recipe.task)
     fs = dataclasses.replace(recipe.first_stage, channels=channels, size=size)
     width = context_dim(recipe.conditioner)
     unet = recipe.unet
@@ -33,15 +36,18 @@ def resolve(recipe: DiffusionRecipe, channels: int, size: int) -> DiffusionRecip
         raise UserError(f"unet.context_dim = {unet.context_dim} but the {recipe.conditioner.kind} conditioner gives {width}-wide tokens")
     if width and unet.attention == "plain":
         raise UserError("a conditioner with context tokens needs unet.attention = 'transformer'")
-    unet = dataclasses.replace(unet, in_channels=unet.in_channels or channels, out_channels=unet.out_channels or channels, context_dim=width)
+    if unet.position_encoding and unet.attention == "plain":
+        raise UserError("unet.position_encoding needs unet.attention = 'transformer'")
+    unet = dataclasses.replace(unet, in_channels=unet.in_channels or channels, out_channels=unet.out_channels or channels, context_dim=width,
+                               concat_channels=concat_channels(recipe.task, channels), num_levels=recipe.task.noise_levels)
     if size % (2 ** (len(unet.channel_mult) - 1)):
         raise UserError(f"latent size {size} is not a multiple of 2^{len(unet.channel_mult) - 1} (unet.channel_mult has {len(unet.channel_mult)} levels)")
     return dataclasses.replace(recipe, first_stage=fs, unet=unet)
 
 
 def trained_with_unet(recipe: DiffusionRecipe) -> bool:
-    """Class embeddings and the text transformer are trained and saved; a frozen CLIP tower is neither."""
-    return recipe.conditioner.kind in ("class", "text")
+    """Class embeddings, the text and layout transformers are trained and saved; a frozen CLIP tower is neither."""
+    return recipe.conditioner.kind in ("class", "text", "layout")
 
 
 def build(recipe: DiffusionRecipe) -> tuple[UNet, nn.Module]:

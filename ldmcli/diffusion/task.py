@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ldmcli.diffusion import model as M
 from ldmcli.diffusion.config import DiffusionRecipe
 from ldmcli.diffusion.guidance import guided_denoiser
+from ldmcli.diffusion.image_cond import training_inputs
 from ldmcli.diffusion.objective import diffusion_loss
 from ldmcli.diffusion.samplers import sample_ddim, spaced_timesteps
 from ldmcli.diffusion.schedule import alphas_cumprod
@@ -44,17 +46,21 @@ class DiffusionTask(TrainTask):
     def phases(self) -> tuple[Phase, ...]:
         return (Phase("main", tuple(self.models)),)
 
-    def _latents(self, batch: dict) -> torch.Tensor:
-        scale = self.recipe.first_stage.scale_factor
-        if self.cached_latents:
-            return batch["latent"].float() * scale
-        self.first_stage.to(batch["image"].device)
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.first_stage.to(images.device)
         with torch.no_grad():
-            return self.first_stage.encode(batch["image"]).float() * scale
+            return self.first_stage.encode(images).float() * self.recipe.first_stage.scale_factor
+
+    def _latents(self, batch: dict, gen: torch.Generator | None = None, level: int | None = None) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+        """Scaled latents, the image-conditioned task's extra UNet inputs, and its conditioning image."""
+        if self.cached_latents:
+            return batch["latent"].float() * self.recipe.first_stage.scale_factor, {}, None
+        return training_inputs(self.recipe.task, batch["image"], self._encode, gen, level)
 
     def _inputs(self, batch: dict):
-        """The batch's condition with dropout, and how many class labels lay outside [0, num_classes):
-        those train as unconditional (the null class), as a classifier ignores them, never ending a run."""
+        """The batch's condition with dropout, and how many class labels lay outside [0, num_classes)
+        (those train as unconditional, the null class, as a classifier ignores them) or layout boxes could
+        not be read (those are left out of their layout): neither ends a run."""
         key = self.cond.key
         if key is None:
             return None, 0
@@ -62,6 +68,11 @@ class DiffusionTask(TrainTask):
         if key == "cls":
             outside = (inputs < 0) | (inputs >= self.recipe.conditioner.num_classes)
             inputs, bad = self.cond.drop(inputs, outside), int(outside.sum())
+        if key == "json":
+            if "image" in batch and self.recipe.data.flip:
+                raise UserError("a layout model needs data.flip = false when it trains on images: a flipped image no longer matches its boxes")
+            size = self.recipe.first_stage.size * self.first_stage.factor
+            inputs, bad = self.cond.from_batch(inputs, batch["txt"], size, train=True)
         p = self.recipe.conditioner.drop_prob
         if p > 0:
             dropped = torch.rand(len(inputs)) < p
@@ -69,14 +80,15 @@ class DiffusionTask(TrainTask):
         return inputs, bad
 
     def loss(self, phase, models, batch, step):
-        x0 = self._latents(batch)
+        x0, extra, _ = self._latents(batch)
         cond = models.get("cond", self.cond)
         self.cond.to(x0.device)
         inputs, bad_labels = self._inputs(batch)
-        enc = cond(inputs) if inputs is not None else {}
+        enc = (cond(inputs) if inputs is not None else {}) | extra
         unet = models["unet"]
         loss, logs = diffusion_loss(lambda x, t: unet(x, t, **enc), x0, self.abar, self.recipe.schedule.prediction, self.recipe.objective)
-        return loss, logs | ({"bad_labels": float(bad_labels)} if self.cond.key == "cls" else {})
+        counted = {"cls": "bad_labels", "json": "bad_boxes"}.get(self.cond.key)
+        return loss, logs | ({counted: float(bad_labels)} if counted else {})
 
     def _preview_inputs(self, batch: dict, n: int):
         pv, key = self.recipe.preview, self.cond.key
@@ -86,24 +98,38 @@ class DiffusionTask(TrainTask):
         if key == "txt":
             prompts = pv.prompts or list(batch["txt"])
             return [prompts[i % len(prompts)] for i in range(n)]
+        if key == "json":  # the first batch's layouts (and captions): the loop keeps that batch for every preview
+            layouts, _ = self.cond.from_batch(batch["json"], batch["txt"], self.recipe.first_stage.size * self.first_stage.factor)
+            return [layouts[i % len(layouts)] for i in range(n)]
         return None
 
     def preview(self, models, batch, step):
+        """Samples from fixed noise; for sr and inpaint, rows of conditioning image, sample and original."""
         pv, fs = self.recipe.preview, self.recipe.first_stage
         unet, cond = models["unet"], models.get("cond", self.cond)
         device = next(unet.parameters()).device
         self.cond.to(device)
-        inputs = self._preview_inputs(batch, pv.n)
+        gen = torch.Generator().manual_seed(pv.seed)
+        n, extra, shown = pv.n, {}, None
+        if self.recipe.task.kind != "generate":
+            n = min(pv.n, len(batch["image"]), 8)
+            _, extra, shown = self._latents({"image": batch["image"][:n].to(device)}, gen, level=0)
+        inputs = self._preview_inputs(batch, n)
         if isinstance(inputs, torch.Tensor):
             inputs = inputs.to(device)
-        enc = cond(inputs) if inputs is not None else {}
-        uncond = cond(self.cond.null(pv.n)) if inputs is not None else None
-        noise = torch.randn(pv.n, fs.channels, fs.size, fs.size, generator=torch.Generator().manual_seed(pv.seed)).to(device)
+        enc = (cond(inputs) if inputs is not None else {}) | extra
+        uncond = cond(self.cond.null(n)) | extra if inputs is not None else None
+        noise = torch.randn(n, fs.channels, fs.size, fs.size, generator=gen).to(device)
         steps = spaced_timesteps(len(self.abar), pv.steps, "linspace")
         denoise = guided_denoiser(unet, enc, uncond, pv.guidance)
         z = sample_ddim(denoise, noise, steps, self.abar, self.recipe.schedule.prediction)
         self.first_stage.to(device)
-        return self.first_stage.decode(z / fs.scale_factor).float().clamp(-1, 1)
+        images = self.first_stage.decode(z / fs.scale_factor).float().clamp(-1, 1)
+        if shown is None:
+            return images
+        self.preview_nrow = n
+        original = batch["image"][:n].to(device).float()
+        return torch.cat([F.interpolate(shown.float(), size=original.shape[-2:], mode="nearest"), images, original])
 
     def export(self, out_dir: Path, models, ema) -> None:
         M.save(out_dir, self.recipe, models["unet"], self.cond, ema)

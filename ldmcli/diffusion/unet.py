@@ -26,10 +26,13 @@ class UNetConfig:
     """Widths are multiples of model_channels; attention_levels are downsampling factors (1 = full size).
 
     in_channels/out_channels 0 mean "the first stage's latent channels" and are filled in at build time;
-    concat_channels are extra inputs the caller concatenates. Heads: head_dim > 0 fixes the width per
+    concat_channels are extra inputs given as `concat` (a low-resolution image, a mask and masked latent).
+    num_levels > 0 embeds an integer `level` into the time embedding: the noise-augmentation level of a
+    super-resolution model's low-resolution input (as diffusers' x4 upscaler). Heads: head_dim > 0 fixes the width per
     head (heads = channels // head_dim), else num_heads heads of channels // num_heads each.
     attention "transformer" is the paper's SpatialTransformer (needed for a context); "plain" is the
-    single self-attention block of its unconditional models.
+    single self-attention block of its unconditional models. position_encoding (transformer attention)
+    tells its tokens where in the image they are: what a layout model needs to put objects in their boxes.
     """
 
     in_channels: int = 0
@@ -46,6 +49,8 @@ class UNetConfig:
     context_dim: int = 0
     dropout: float = 0.0
     scale_shift: bool = True
+    num_levels: int = 0
+    position_encoding: bool = False
 
 
 class _Stage(nn.ModuleList):
@@ -73,6 +78,7 @@ class UNet(nn.Module):
         mc = cfg.model_channels
         self.time_embed_dim = mc * 4
         self.time_embed = nn.Sequential(nn.Linear(mc, self.time_embed_dim), nn.SiLU(), nn.Linear(self.time_embed_dim, self.time_embed_dim))
+        self.level_embed = nn.Embedding(cfg.num_levels, self.time_embed_dim) if cfg.num_levels else None
         self.grad_checkpointing = False
 
         def res(c_in: int, c_out: int) -> ResBlock:
@@ -84,7 +90,7 @@ class UNet(nn.Module):
             heads = c // cfg.head_dim if cfg.head_dim > 0 else cfg.num_heads
             if cfg.attention == "plain":
                 return AttentionBlock(c, heads)
-            return SpatialTransformer(c, heads, c // heads, cfg.transformer_depth, cfg.context_dim or None, cfg.dropout)
+            return SpatialTransformer(c, heads, c // heads, cfg.transformer_depth, cfg.context_dim or None, cfg.dropout, cfg.position_encoding)
 
         self.conv_in = nn.Conv2d(cfg.in_channels + cfg.concat_channels, mc, 3, padding=1)
         self.down = nn.ModuleList()
@@ -126,15 +132,21 @@ class UNet(nn.Module):
             return checkpoint(stage, x, emb, context, use_reentrant=False)
         return stage(x, emb, context)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C, H, W) with H, W multiples of size_multiple; t (B,) timesteps; returns (B, out, H, W)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None, y: torch.Tensor | None = None,
+                concat: torch.Tensor | None = None, level: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W) with H, W multiples of size_multiple; t (B,) timesteps; concat (B, concat_channels,
+        H, W); level (B,) integers below num_levels; returns (B, out, H, W)."""
+        if (concat is None) != (not self.cfg.concat_channels):
+            raise ValueError(f"this UNet takes {self.cfg.concat_channels} concat channels, got {None if concat is None else concat.shape[1]}")
         if x.shape[-1] % self.size_multiple or x.shape[-2] % self.size_multiple:
             raise ValueError(f"UNet input {tuple(x.shape[-2:])} must be a multiple of {self.size_multiple}")
         emb = timestep_embedding(t.expand(x.shape[0]) if t.ndim == 0 else t, self.cfg.model_channels)
         emb = self.time_embed(emb.to(self.time_embed[0].weight.dtype))
         if y is not None:
             emb = emb + y
-        h = self.conv_in(x)
+        if self.level_embed is not None:
+            emb = emb + self.level_embed(level.long().expand(x.shape[0]) if level is not None else torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        h = self.conv_in(x if concat is None else torch.cat([x, concat.to(x.dtype)], dim=1))
         hs = [h]
         for stage in self.down:
             h = self._run(stage, h, emb, context)

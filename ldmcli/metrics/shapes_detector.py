@@ -38,6 +38,7 @@ class Detection:
     area: float  # covered pixels
     fill: float  # area / (widest row x tallest column)
     skew: float  # skewness of the coverage along the more lopsided axis
+    bbox: tuple[float, float, float, float]  # x0, y0, x1, y1 fractions of the image: the centre +- half the widest row and tallest column
 
 
 def background_colour(image: np.ndarray) -> np.ndarray:
@@ -107,7 +108,10 @@ def detect(image: np.ndarray) -> list[Detection]:
                 else:
                     cx += np.sign(skew_x) * rows.max() / 6 / w
             side = np.sqrt(rows.max() * cols.max() / (h * w))
-            found.append(Detection(shape, name, "large" if side > _SIZE_SPLIT else "small", _nearest_position(cx, cy), (cx, cy), float(area), float(fill), skew))
+            half_w, half_h = rows.max() / 2 / w, cols.max() / 2 / h
+            bbox = (float(cx - half_w), float(cy - half_h), float(cx + half_w), float(cy + half_h))
+            found.append(Detection(shape, name, "large" if side > _SIZE_SPLIT else "small", _nearest_position(cx, cy), (cx, cy), float(area),
+                                   float(fill), skew, bbox))
     return sorted(found, key=lambda d: -d.area)
 
 

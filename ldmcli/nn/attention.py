@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmcli.nn.blocks import norm, zero_module
+from ldmcli.nn.embeddings import position_encoding_2d
 from ldmcli.nn.functional import attention
 
 
@@ -89,11 +90,17 @@ class TransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """GroupNorm -> linear in -> transformer blocks over the h*w tokens -> zero-initialised linear out."""
+    """GroupNorm -> linear in -> transformer blocks over the h*w tokens -> zero-initialised linear out.
 
-    def __init__(self, channels: int, heads: int, head_dim: int, depth: int = 1, context_dim: int | None = None, dropout: float = 0.0):
+    position_encoding adds fixed 2-D sin-cos features of each token's place in the image after the linear
+    in: convolutions only see relative position, so without it cross-attention cannot tie a layout box's
+    coordinates to where its object is drawn (objects then land mirrored about as often as in place)."""
+
+    def __init__(self, channels: int, heads: int, head_dim: int, depth: int = 1, context_dim: int | None = None, dropout: float = 0.0,
+                 position_encoding: bool = False):
         super().__init__()
         inner = heads * head_dim
+        self.position_encoding = position_encoding
         self.norm = norm(channels)
         self.proj_in = nn.Linear(channels, inner)
         self.blocks = nn.ModuleList(TransformerBlock(inner, heads, head_dim, context_dim, dropout) for _ in range(depth))
@@ -102,6 +109,8 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         h, w = x.shape[-2:]
         tokens = self.proj_in(_to_tokens(self.norm(x)))
+        if self.position_encoding:
+            tokens = tokens + position_encoding_2d(h, w, tokens.shape[-1], tokens.device).to(tokens.dtype)
         for block in self.blocks:
             tokens = block(tokens, context)
         return x + _to_map(self.proj_out(tokens), h, w)

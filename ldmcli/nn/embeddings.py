@@ -16,3 +16,16 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
+
+
+def position_encoding_2d(h: int, w: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """(h * w, dim) fixed sin-cos features of each cell's centre as a fraction of the map (x in the first
+    half, y in the second), so a token knows where in the image it sits whatever the resolution."""
+    quarter = dim // 4
+    freqs = torch.exp(-math.log(100.0) * torch.arange(quarter, dtype=torch.float32, device=device) / max(quarter, 1)) * math.pi * 16
+    ys = ((torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h)[:, None] * freqs
+    xs = ((torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w)[:, None] * freqs
+    y = torch.cat([ys.sin(), ys.cos()], -1)[:, None, :].expand(h, w, 2 * quarter)
+    x = torch.cat([xs.sin(), xs.cos()], -1)[None, :, :].expand(h, w, 2 * quarter)
+    pe = torch.cat([x, y], -1).reshape(h * w, 4 * quarter)
+    return torch.nn.functional.pad(pe, (0, dim - 4 * quarter))

@@ -168,7 +168,7 @@ def train(
         for m in task.models.values():
             m.train()
         if images is not None:
-            save_grid(images, run_dir / "samples" / f"{ckpt.step_name(at)}.png")
+            save_grid(images, run_dir / "samples" / f"{ckpt.step_name(at)}.png", task.preview_nrow)
 
     sums: dict[str, float] = defaultdict(float)
     count, consecutive_bad = 0, 0

@@ -52,6 +52,8 @@ class TrainTask:
         """
         raise NotImplementedError
 
+    preview_nrow: int | None = None  # images per row of the preview grid (None: a square grid)
+
     def preview(self, models: Mapping[str, nn.Module], batch: dict, step: int) -> torch.Tensor | None:
         """Images in [-1, 1] (N, 3, H, W) for `samples/step_XXXXXX.png`, or None."""
         return None

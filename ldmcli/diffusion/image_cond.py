@@ -1,0 +1,98 @@
+"""Image-conditioned tasks: what the UNet's extra input channels hold for super-resolution (the
+low-resolution image on the latent grid, as the paper's SR model and diffusers' LDMSuperResolution
+pipeline) and for inpainting (the mask at latent size and the masked image's latent, as the paper's and
+SD's inpainting models). Training and sampling build these inputs with the same functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+from ldmcli.diffusion.degrade import DEGRADATIONS, degrade
+from ldmcli.diffusion.masks import random_masks
+from ldmcli.errors import UserError
+
+TASKS = ("generate", "sr", "inpaint")
+
+
+@dataclass
+class TaskConfig:
+    """kind: generate (from noise, steered by the conditioner only), sr or inpaint.
+
+    sr: `scale` is the upscaling factor, `degradation` bicubic (the paper's) or blind (blur, noise,
+    JPEG); noise_levels > 0 adds Gaussian noise to the low-resolution input at a random level below
+    noise_levels during training (level k keeps sqrt(alpha_bar_k) of the signal on a linear 1e-4..0.02
+    schedule over 1000 steps, as diffusers' x4 upscaler) and tells the UNet the level, so at sampling a
+    small level hides the input's artefacts.
+    """
+
+    kind: Literal["generate", "sr", "inpaint"] = "generate"
+    scale: int = 4
+    degradation: Literal["bicubic", "blind"] = "bicubic"
+    noise_levels: int = 0
+
+
+def check(task: TaskConfig) -> None:
+    if task.kind not in TASKS:
+        raise UserError(f"unknown task '{task.kind}' (choose from {', '.join(TASKS)})")
+    if task.kind == "sr":
+        if task.scale < 2:
+            raise UserError(f"task.scale must be at least 2, got {task.scale}")
+        if task.degradation not in DEGRADATIONS:
+            raise UserError(f"unknown task.degradation '{task.degradation}' (choose from {', '.join(DEGRADATIONS)})")
+    if not 0 <= task.noise_levels <= 1000:
+        raise UserError(f"task.noise_levels must lie in [0, 1000], got {task.noise_levels}")
+
+
+def concat_channels(task: TaskConfig, latent_channels: int) -> int:
+    return {"generate": 0, "sr": 3, "inpaint": latent_channels + 1}[task.kind]
+
+
+def _level_alpha_bar(levels: torch.Tensor) -> torch.Tensor:
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0)[levels.cpu()].float().to(levels.device)
+
+
+def sr_inputs(low: torch.Tensor, latent_hw: tuple[int, int], level: torch.Tensor | None = None,
+              gen: torch.Generator | None = None) -> dict:
+    """UNet inputs for low-resolution images (B, 3, h, w) in [-1, 1]: resized to the latent grid and, with
+    `level`, noised to that augmentation level."""
+    if tuple(low.shape[-2:]) != tuple(latent_hw):
+        low = F.interpolate(low, size=latent_hw, mode="bicubic", align_corners=False).clamp(-1, 1)
+    if level is None:
+        return {"concat": low}
+    abar = _level_alpha_bar(level).view(-1, 1, 1, 1)
+    noisy = abar.sqrt() * low + (1 - abar).sqrt() * torch.randn(low.shape, generator=gen).to(low.device)
+    return {"concat": noisy, "level": level}
+
+
+def inpaint_inputs(image: torch.Tensor, mask: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+    """UNet inputs for images in [-1, 1] and masks (B, 1, H, W), 1 = generate: the mask on the latent grid
+    and the (scaled) latent of the image with the masked part set to grey. A latent cell is to be generated
+    when any of its pixels is (max-pooling: nearest sampling would drop thin strokes)."""
+    z = encode(image * (1 - mask))
+    small = F.adaptive_max_pool2d(mask, z.shape[-2:])
+    return {"concat": torch.cat([small, z], dim=1)}
+
+
+def training_inputs(task: TaskConfig, images: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor],
+                    gen: torch.Generator | None = None, level: int | None = None) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+    """(scaled latents of the target images, extra UNet inputs, the conditioning image a person would
+    look at: the low-resolution or the masked image) for one batch. Random draws come from `gen` (torch's
+    global generator by default); `level` fixes the noise-augmentation level instead of drawing it."""
+    with torch.no_grad():
+        z = encode(images)
+        if task.kind == "sr":
+            low = degrade(images, task.scale, task.degradation, gen)
+            levels = None
+            if task.noise_levels:
+                levels = torch.randint(task.noise_levels, (len(images),), generator=gen) if level is None else torch.full((len(images),), level)
+                levels = levels.to(images.device)
+            return z, sr_inputs(low, tuple(z.shape[-2:]), levels, gen), low
+        if task.kind == "inpaint":
+            masks = random_masks(len(images), images.shape[-1], gen).to(images.device)
+            return z, inpaint_inputs(images, masks, encode), images * (1 - masks)
+    return z, {}, None

@@ -1,0 +1,168 @@
+"""Super-resolution and trained inpainting (the UNet sees extra image channels): the inputs both tasks
+build, tiled denoising, `ldm train-diffusion --task`, `ldm upscale`, `ldm sample --init --mask` with an
+inpainting model, and the one-line errors for wrong inputs."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, run_cli, train
+from PIL import Image
+from test_bad_input import one_error_line
+
+from ldmcli.diffusion.degrade import bicubic_down, blind_down
+from ldmcli.diffusion.image_cond import TaskConfig, inpaint_inputs, sr_inputs, training_inputs
+from ldmcli.diffusion.masks import random_masks
+from ldmcli.diffusion.tiled import tiled_denoiser
+from ldmcli.pipeline import paste_known
+
+
+@pytest.fixture(scope="module")
+def sr_model(tmp_path_factory, digits_shards):
+    return train(tmp_path_factory, digits_shards, "--task", "sr", "--set", "task.noise_levels=50", "--set", "task.degradation=blind")
+
+
+@pytest.fixture(scope="module")
+def inpaint_model(tmp_path_factory, digits_shards):
+    return train(tmp_path_factory, digits_shards, "--task", "inpaint")
+
+
+def save(path, arr):
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def rgb(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_degradations_shrink_by_the_scale_and_blind_ones_follow_the_generator():
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    assert bicubic_down(x, 4).shape == (3, 3, 8, 8)
+    flat = torch.full((1, 3, 32, 32), 0.25)
+    assert torch.allclose(bicubic_down(flat, 4), flat[..., :8, :8], atol=1e-5)  # a flat image stays flat
+    a, b = (blind_down(x, 4, torch.Generator().manual_seed(1)) for _ in range(2))
+    assert a.shape == (3, 3, 8, 8) and torch.equal(a, b) and a.abs().max() <= 1
+    assert not torch.equal(a, blind_down(x, 4, torch.Generator().manual_seed(2)))
+
+
+def test_training_masks_are_binary_and_mix_small_large_empty_and_full():
+    masks = random_masks(400, 32, torch.Generator().manual_seed(0))
+    assert masks.shape == (400, 1, 32, 32) and set(masks.unique().tolist()) <= {0.0, 1.0}
+    share = masks.mean(dim=(1, 2, 3))
+    assert (share == 0).any() and (share == 1).any()
+    partial = share[(share > 0) & (share < 1)]
+    assert partial.min() < 0.15 and partial.max() > 0.5  # boxes and strokes, and large irregular regions
+
+
+def test_inputs_of_both_tasks_sit_on_the_latent_grid():
+    low = torch.rand(2, 3, 4, 4) * 2 - 1
+    assert sr_inputs(low, (4, 4))["concat"] is low  # already the latent size: untouched
+    noisy = sr_inputs(low, (8, 8), torch.tensor([0, 49]))
+    assert noisy["concat"].shape == (2, 3, 8, 8) and noisy["level"].tolist() == [0, 49]
+    image, mask = torch.rand(2, 3, 16, 16), torch.zeros(2, 1, 16, 16)
+    mask[:, :, :8] = 1
+    seen = []
+    out = inpaint_inputs(image, mask, lambda x: seen.append(x) or x[:, :, ::4, ::4] * 2)
+    assert torch.equal(seen[0][:, :, :8], torch.zeros(2, 3, 8, 16)) and torch.equal(seen[0][:, :, 8:], image[:, :, 8:])
+    assert out["concat"].shape == (2, 4, 4, 4) and out["concat"][:, 0, :2].eq(1).all() and out["concat"][:, 0, 2:].eq(0).all()
+    z, extra, shown = training_inputs(TaskConfig(kind="sr", scale=2), image, lambda x: x[:, :, ::2, ::2])
+    assert z.shape == (2, 3, 8, 8) and extra["concat"].shape == (2, 3, 8, 8) and shown.shape == (2, 3, 8, 8)
+
+
+def test_tiled_denoising_blends_tiles_back_into_the_whole():
+    """A pointwise denoiser gives the same canvas however it is tiled: the ramps' weights sum right."""
+    x = torch.randn(2, 3, 24, 40)
+    seen = []
+
+    def for_window(win):
+        seen.append(win)
+        top, left, h, w = win
+        return lambda xt, t: xt * 2 + top + left - top - left
+
+    ticks = []
+    denoise, tiles = tiled_denoiser(for_window, x.shape, 16, 4, 2, on_tile=lambda: ticks.append(1))
+    assert tiles == len(seen) > 1
+    assert torch.allclose(denoise(x, torch.tensor([5, 5])), x * 2, atol=1e-5)
+    assert len(ticks) == tiles
+    assert all(h == 16 and w == 16 and top % 2 == 0 and left % 2 == 0 for top, left, h, w in seen)
+
+
+def test_pasting_back_keeps_pixels_beyond_the_feather_exact():
+    init, images = torch.zeros(1, 3, 16, 16), torch.ones(1, 3, 16, 16)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 6:10, 6:10] = 1
+    out = paste_known(images, init, mask, feather=2)
+    assert out[..., 6:10, 6:10].eq(1).all() and out[..., :2, :].eq(0).all() and out[..., 14:, :].eq(0).all()
+    assert 0 < out[0, 0, 5, 8] < 1  # blended next to the mask
+
+
+def test_upscale_makes_images_four_times_larger_in_tiles(sr_model, tmp_path):
+    save(tmp_path / "a.png", rgb(10, 13))
+    save(tmp_path / "b.png", rgb(4, 4, 1))
+    result = run_cli("upscale", tmp_path / "a.png", tmp_path / "b.png", "--model", sr_model, "--out", tmp_path / "up",
+                     "--steps", "3", "--tile", "8", "--noise-level", "10")
+    assert result.exit_code == 0, result.output
+    a, b = Image.open(tmp_path / "up" / "a.png"), Image.open(tmp_path / "up" / "b.png")
+    assert a.size == (52, 40) and b.size == (16, 16)
+    assert a.text["scale"] == "4" and a.text["noise_level"] == "10" and a.text["source"].endswith("a.png")
+    folder = run_cli("upscale", tmp_path / "up", "--model", sr_model, "--out", tmp_path / "up2", "--steps", "2", "--tile", "0")
+    assert folder.exit_code == 0, folder.output
+    assert Image.open(tmp_path / "up2" / "b.png").size == (64, 64)
+
+
+def test_upscale_refuses_what_the_model_cannot_do(sr_model, inpaint_model, tmp_path):
+    image = save(tmp_path / "a.png", rgb(8, 8))
+    one_error_line(run_cli("upscale", image, "--model", sr_model, "--scale", "2"), "trained for x4, not x2")
+    one_error_line(run_cli("upscale", image, "--model", inpaint_model), "trained for task 'inpaint', not super-resolution")
+    one_error_line(run_cli("upscale", tmp_path / "missing.png", "--model", sr_model), "no such image or folder")
+    one_error_line(run_cli("upscale", image, "--model", sr_model, "--noise-level", "50"), "--noise-level must lie in [0, 49]")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    one_error_line(run_cli("upscale", tmp_path / "bad.png", "--model", sr_model), "cannot read input image")
+    one_error_line(run_cli("sample", "--model", sr_model), "use ldm upscale")
+
+
+def test_inpainting_model_fills_the_mask_and_keeps_the_rest(inpaint_model, tmp_path):
+    init = save(tmp_path / "init.png", rgb(16, 16))
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:10, 4:10] = 255
+    save(tmp_path / "mask.png", mask)
+    result = run_cli("sample", "--model", inpaint_model, "--init", init, "--mask", tmp_path / "mask.png", "--n", "2",
+                     "--steps", "3", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    out = np.asarray(Image.open(tmp_path / "out" / "00001.png")).astype(int)
+    ref = np.asarray(Image.open(init)).astype(int)
+    far = np.ones((16, 16), bool)
+    far[0:14, 0:14] = False  # the mask grown by the 4-pixel feather
+    assert np.array_equal(out[far], ref[far])
+    assert np.abs(out[4:10, 4:10] - ref[4:10, 4:10]).mean() > 10
+    one_error_line(run_cli("sample", "--model", inpaint_model, "--n", "1"), "inpainting model: give --init IMAGE and --mask MASK")
+
+
+def test_inpainting_beyond_the_training_size_runs_in_tiles(inpaint_model, tmp_path):
+    init = save(tmp_path / "init.png", rgb(40, 48))
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 20:40] = 255
+    save(tmp_path / "mask.png", mask)
+    result = run_cli("sample", "--model", inpaint_model, "--init", init, "--mask", tmp_path / "mask.png", "--n", "1",
+                     "--steps", "2", "--tile", "16", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    out = np.asarray(Image.open(tmp_path / "out" / "00000.png")).astype(int)
+    assert out.shape == (40, 48, 3)
+    assert np.array_equal(out[:5], np.asarray(Image.open(init))[:5].astype(int))
+
+
+@pytest.mark.parametrize("mask, needle", [
+    (np.zeros((8, 8), np.uint8), "is 8x8 but --init is 16x16"),
+    (np.stack([np.zeros((16, 16), np.uint8), np.full((16, 16), 255, np.uint8), np.zeros((16, 16), np.uint8)], -1), "not single-channel"),
+    (np.full((16, 16), 128, np.uint8), "not a 0/1 mask (100% of its pixels are grey)"),
+])
+def test_bad_masks_are_one_line_errors(inpaint_model, tmp_path, mask, needle):
+    init = save(tmp_path / "init.png", rgb(16, 16))
+    save(tmp_path / "mask.png", mask)
+    one_error_line(run_cli("sample", "--model", inpaint_model, "--init", init, "--mask", tmp_path / "mask.png"), needle)
+
+
+def test_image_tasks_need_image_shards_and_a_known_task(tmp_path, digits_shards):
+    one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--task", "colourise", *TINY), "unknown --task 'colourise'")
+    one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--task", "sr", "--set", "task.scale=1", *TINY),
+                   "task.scale must be at least 2")
