@@ -32,6 +32,9 @@ def grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> Image.I
     return Image.fromarray(canvas)
 
 
+GRID_NAME = "grid.png"  # the contact sheet `--grid` / `--save` write beside the images; not a sample itself
+
+
 def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -114,3 +114,12 @@ def test_inception_file_with_code_is_refused_not_unpickled(tmp_path, sample_dir)
     torch.save({"conv.weight": torch.zeros(1), "extra": argparse.Namespace(a=1)}, bad)
     result = run_cli("eval", "--isc", "--samples", sample_dir, "--inception-weights", bad)
     assert result.exit_code == 2 and "more than plain tensors" in result.output
+
+
+def test_the_grid_beside_samples_is_not_a_sample(tmp_path):
+    """`ldm sample --grid` writes grid.png into the samples folder; FID over that folder must not count it."""
+    from ldmcli.metrics.features import image_files
+
+    for name in ("00000.png", "00001.png", "grid.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name)
+    assert [p.name for p in image_files(str(tmp_path))] == ["00000.png", "00001.png"]

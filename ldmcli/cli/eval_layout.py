@@ -20,7 +20,7 @@ from ldmcli.data.shapes import SHAPES, shape_samples
 from ldmcli.diffusion import model as M
 from ldmcli.diffusion.layout import Box, Layout, boxes_of
 from ldmcli.errors import UserError
-from ldmcli.images import save_grid, to_uint8
+from ldmcli.images import GRID_NAME, save_grid, to_uint8
 from ldmcli.metrics.layout import match, summarise
 from ldmcli.metrics.shapes_detector import detect
 from ldmcli.pipeline import Pipeline, Settings
@@ -101,7 +101,7 @@ def run_layout(model_dir: Path, shards: list[str] | None, count: int, n: int, se
                "layouts": [{"layout": json.loads(layout.to_json()), "caption": layout.caption,
                             "iou": [[r["iou"] for r in judged[k * n + j][2]] for j in range(n)]} for k, layout in enumerate(layouts)]}
     if save is not None:
-        save_grid(torch.stack(grid_images), save / "grid.png", nrow=max(n, 8))
+        save_grid(torch.stack(grid_images), save / GRID_NAME, nrow=max(n, 8))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2) + "\n")

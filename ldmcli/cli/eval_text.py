@@ -16,7 +16,7 @@ from rich.table import Table
 from ldmcli.data.shapes import draw_scene
 from ldmcli.diffusion import model as M
 from ldmcli.errors import UserError
-from ldmcli.images import save_grid, to_uint8
+from ldmcli.images import GRID_NAME, save_grid, to_uint8
 from ldmcli.metrics.clip_score import clip_score, prompted_images
 from ldmcli.metrics.prompts import CATEGORIES, judge, prompt_records, prompt_suite, summarise
 from ldmcli.pipeline import Pipeline, Settings
@@ -64,7 +64,7 @@ def run_prompts(model_dir: Path, per_category: int, n: int, hold_out: list[tuple
                "guidance": settings.guidance, "rendered": rendered_accuracy(prompts, settings.height),
                "prompts": prompt_records(prompts, verdicts)}
     if save is not None:
-        save_grid(torch.cat(images), save / "grid.png", nrow=n * 4)
+        save_grid(torch.cat(images), save / GRID_NAME, nrow=n * 4)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2) + "\n")

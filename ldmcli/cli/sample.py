@@ -18,7 +18,7 @@ from ldmcli.diffusion import model as M
 from ldmcli.diffusion.layout import Layout, read_layout
 from ldmcli.diffusion.samplers import SAMPLERS
 from ldmcli.errors import UserError
-from ldmcli.images import save_grid, to_uint8
+from ldmcli.images import GRID_NAME, save_grid, to_uint8
 from ldmcli.pipeline import Pipeline, Settings
 from ldmcli.train.distributed import resolve_device
 
@@ -163,6 +163,6 @@ def sample(
                 images.append(imgs.cpu())
             bar.update(task, images=f"{done}/{len(jobs)} images  {done / (time.monotonic() - start):.2f} img/s")
     if grid:
-        save_grid(torch.cat(images), out / "grid.png", nrow=n if len(conds) > 1 else None)
+        save_grid(torch.cat(images), out / GRID_NAME, nrow=n if len(conds) > 1 else None)
     rate = len(jobs) / (time.monotonic() - start)
     typer.echo(f"wrote {len(jobs)} images to {out} ({rate:.2f} img/s, {settings.sampler}, {run_steps} steps)")

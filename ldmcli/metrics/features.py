@@ -22,6 +22,7 @@ from PIL import Image
 from ldmcli.data.decode import CorruptSample, open_image, resize_crop
 from ldmcli.data.reader import eval_loader
 from ldmcli.errors import UserError
+from ldmcli.images import GRID_NAME
 from ldmcli.train.distributed import DistEnv
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -38,11 +39,12 @@ class FeatureSpace:
 
 
 def image_files(source: str) -> list[Path] | None:
-    """The images of a folder that holds images and no shards; None for anything the shard reader takes."""
+    """The images of a folder that holds images and no shards; None for anything the shard reader takes.
+    The grid `ldm sample --grid` writes beside its samples is not one of them."""
     path = Path(source)
     if not path.is_dir() or any(path.glob("*.tar")):
         return None
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_NAME)
     if not files:
         raise UserError(f"no images (*.png, *.jpg, *.webp) and no *.tar shards in {source}")
     return files
