@@ -236,14 +236,17 @@ class Pipeline:
             crop = {k: v[..., top:top + h, left:left + w] if k == "concat" else v for k, v in extra.items()}
             return guided_denoiser(self._net, cond | crop, None if uncond is None else uncond | crop, s.guidance, s.rescale)
 
-        tile = s.tile or max(shape[-2:])
-        return tiled_denoiser(for_window, shape, tile, tile // 4, self.model.unet.size_multiple, on_tile)[0]
+        return tiled_denoiser(for_window, shape, *self._tiling(shape[-2:]), on_tile)[0]
+
+    def _tiling(self, latent_hw: tuple[int, int]) -> tuple[int, int, int]:
+        """(tile, overlap, multiple) of the denoising windows over a latent canvas; no --tile: one window."""
+        tile = self.s.tile or max(latent_hw)
+        return tile, tile // 4, self.model.unet.size_multiple
 
     def tiles(self) -> int:
         """Tiles the UNet runs per denoising step (1 unless a super-resolution or inpainting canvas is large)."""
-        h, w = self.s.height // self.factor, self.s.width // self.factor
-        tile = self.s.tile or max(h, w)
-        return len(windows(h, w, tile, tile // 4, self.model.unet.size_multiple)) if self.task != "generate" else 1
+        hw = (self.s.height // self.factor, self.s.width // self.factor)
+        return len(windows(*hw, *self._tiling(hw))) if self.task != "generate" else 1
 
     def __call__(self, conds: list, seeds: Sequence[int], init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                  on_step: Callable[[int], None] | None = None, low: torch.Tensor | None = None,

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from rich.table import Table
 from ldmcli.autoencoder import load_autoencoder
 from ldmcli.autoencoder.evaluate import evaluate_recon
 from ldmcli.autoencoder.lpips_loader import default_weights_path, load_lpips
+from ldmcli.cli.eval_common import write_json
 from ldmcli.cli.eval_layout import run_layout
 from ldmcli.cli.eval_sweep import parse_list, run_sweep
 from ldmcli.cli.eval_text import run_clip_score, run_prompts
@@ -164,7 +164,7 @@ def eval_command(
     if not env.is_main:
         return
     result["autoencoder"] = str(ae)
-    _write_json(json_path, result)
+    write_json(json_path, result)
     _print(result)
 
 
@@ -195,7 +195,7 @@ def _eval_samples(samples, ref, wanted: Wanted, make_space, source: Source, save
     if not env.is_main:
         return
     result |= {"samples": samples, "ref": ref}
-    _write_json(json_path, result)
+    write_json(json_path, result)
     table = Table(title=f"{result['images']} samples", caption=f"features: {result['features']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -205,12 +205,6 @@ def _eval_samples(samples, ref, wanted: Wanted, make_space, source: Source, save
     Console().print(table)
     if result["skipped"] or result.get("ref_skipped"):
         Console(stderr=True).print(f"skipped corrupt samples: {result['skipped']} of the samples, {result.get('ref_skipped', 0)} of the reference")
-
-
-def _write_json(path: Path | None, result: dict) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _limited(loader, limit: int):

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ldmcli.cli.eval_common import sample_each, write_json
 from ldmcli.data.decode import open_image
 from ldmcli.data.reader import eval_loader
 from ldmcli.data.shapes import SHAPES, shape_samples
@@ -77,23 +77,15 @@ def run_layout(model_dir: Path, shards: list[str] | None, count: int, n: int, se
         found = detect(image)
         rendered.append((boxes, found, match(boxes, found, image.shape[1], image.shape[0])))
 
-    jobs = [(k, j) for k in range(len(layouts)) for j in range(n)]
     judged, grid_images = [], []
-    console = Console(stderr=True)
-    columns = (TextColumn("layouts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
-        task = bar.add_task("layouts", total=len(jobs))
-        for start in range(0, len(jobs), batch):
-            chunk = jobs[start:start + batch]
-            out = pipe([layouts[k] for k, _ in chunk], [seed + k * n + j for k, j in chunk])
-            for (k, j), img in zip(chunk, to_uint8(out)):
-                found = detect(img)
-                judged.append((layouts[k].boxes, found, match(layouts[k].boxes, found, img.shape[1], img.shape[0])))
-                if save is not None:
-                    save.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(img).save(save / f"{k:04d}-{j}.png")
-                    grid_images.append(_outlined(img, layouts[k].boxes))
-            bar.advance(task, len(chunk))
+    for chunk, out in sample_each(pipe, layouts, n, seed, batch, "layouts"):
+        for (k, j), img in zip(chunk, to_uint8(out)):
+            found = detect(img)
+            judged.append((layouts[k].boxes, found, match(layouts[k].boxes, found, img.shape[1], img.shape[0])))
+            if save is not None:
+                save.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(save / f"{k:04d}-{j}.png")
+                grid_images.append(_outlined(img, layouts[k].boxes))
     result = summarise(judged)
     result |= {"model": str(model_dir), "scenes": len(layouts), "n": n, "source": " ".join(shards) if shards else f"shapes val, seed {seed}",
                "boxes_left_out": left_out, "sampler": settings.sampler, "steps": settings.steps, "guidance": settings.guidance,
@@ -102,9 +94,7 @@ def run_layout(model_dir: Path, shards: list[str] | None, count: int, n: int, se
                             "iou": [[r["iou"] for r in judged[k * n + j][2]] for j in range(n)]} for k, layout in enumerate(layouts)]}
     if save is not None:
         save_grid(torch.stack(grid_images), save / GRID_NAME, nrow=max(n, 8))
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(json_path, result)
     _print(result)
     return result
 

@@ -6,7 +6,6 @@ the sampler; the reference features are computed once.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ldmcli.cli.eval_common import write_json
 from ldmcli.diffusion import model as M
 from ldmcli.diffusion.samplers import SAMPLERS
 from ldmcli.errors import UserError
@@ -99,9 +99,7 @@ def run_sweep(model_dir: Path, samplers: list[str], steps: list[int], ref: str |
     finally:
         distributed.teardown()
     result = {"model": str(model_dir), "ref": ref, "features": space.name, "images": n, "rows": rows}
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(json_path, result)
     if plot_path is not None:
         plot(rows, plot_path, "fid")
     table = Table(title=f"FID against NFE, {n} images, features {space.name}")

@@ -3,16 +3,16 @@ judges each image; `--clip-score` scores sampled PNGs against their own prompts 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ldmcli.cli.eval_common import sample_each, write_json
 from ldmcli.data.shapes import draw_scene
 from ldmcli.diffusion import model as M
 from ldmcli.errors import UserError
@@ -41,33 +41,23 @@ def run_prompts(model_dir: Path, per_category: int, n: int, hold_out: list[tuple
     if model.recipe.conditioner.kind not in ("text", "clip"):
         raise UserError(f"--prompts needs a text-to-image model; {model_dir} is {model.recipe.conditioner.kind}-conditioned")
     pipe = Pipeline(model, settings, dev)
-    jobs = [(k, j) for k in range(len(prompts)) for j in range(n)]
     verdicts: list[list[bool]] = [[] for _ in prompts]
     images = []
-    console = Console(stderr=True)
-    columns = (TextColumn("prompts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
-        task = bar.add_task("prompts", total=len(jobs))
-        for start in range(0, len(jobs), batch):
-            chunk = jobs[start:start + batch]
-            out = pipe([prompts[k].text for k, _ in chunk], [seed + k * n + j for k, j in chunk])
-            for (k, j), img in zip(chunk, to_uint8(out)):
-                verdicts[k].append(judge(prompts[k], img))
-                if save is not None:
-                    save.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(img).save(save / f"{prompts[k].category}-{k:03d}-{j}.png")
-            images.append(out.cpu())
-            bar.advance(task, len(chunk))
+    for chunk, out in sample_each(pipe, [p.text for p in prompts], n, seed, batch, "prompts"):
+        for (k, j), img in zip(chunk, to_uint8(out)):
+            verdicts[k].append(judge(prompts[k], img))
+            if save is not None:
+                save.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(save / f"{prompts[k].category}-{k:03d}-{j}.png")
+        images.append(out.cpu())
     result = summarise(prompts, verdicts)
-    result |= {"model": str(model_dir), "images": len(jobs), "per_category": per_category, "n": n,
+    result |= {"model": str(model_dir), "images": len(prompts) * n, "per_category": per_category, "n": n,
                "hold_out": [" ".join(p) for p in hold_out], "sampler": settings.sampler, "steps": settings.steps,
                "guidance": settings.guidance, "rendered": rendered_accuracy(prompts, settings.height),
                "prompts": prompt_records(prompts, verdicts)}
     if save is not None:
         save_grid(torch.cat(images), save / GRID_NAME, nrow=n * 4)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(json_path, result)
     _print(result)
     return result
 
@@ -99,8 +89,6 @@ def run_clip_score(samples: str | None, arch: str, weights: Path | None, batch: 
         task = bar.add_task("clip", total=len(items))
         result = clip_score(arch, weights, items, resolve_device(device), batch, lambda k: bar.advance(task, k))
     result["samples"] = samples
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(json_path, result)
     Console().print(f"CLIP score ({arch}) of {result['images']} images: {result['clip_score']:.3f} (std {result['clip_score_std']:.3f})")
     return result

@@ -130,6 +130,15 @@ class _TextLayer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def run_layers(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`encoder.layers` then `encoder.norm` over tokens, each layer recomputed in the backward pass when the
+    encoder has grad checkpointing on and is training."""
+    recompute = encoder.grad_checkpointing and encoder.training and torch.is_grad_enabled()
+    for layer in encoder.layers:
+        x = checkpoint(layer, x, use_reentrant=False) if recompute else layer(x)
+    return encoder.norm(x)
+
+
 class TextConditioner(_Tokenized):
     """A bidirectional transformer trained from scratch with the UNet (the paper's text-to-image model)."""
 
@@ -153,11 +162,7 @@ class TextConditioner(_Tokenized):
 
     def forward(self, texts: list[str]) -> dict:
         ids = self._tokenize(texts, self.position_embedding.device)
-        x = self.token_embedding(ids) + self.position_embedding
-        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
-            x = checkpoint(layer, x, use_reentrant=False) if recompute else layer(x)
-        x = self.norm(x)
+        x = run_layers(self, self.token_embedding(ids) + self.position_embedding)
         if self.pool_proj is None:
             return {"context": x}
         end = x[torch.arange(len(ids), device=x.device), ids.argmax(-1)]  # end-of-text has the largest id (CLIP's rule)

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ldmcli.diffusion.conditioning import ConditionerConfig, TextConditioner, _TextLayer
+from ldmcli.diffusion.conditioning import ConditionerConfig, TextConditioner, _TextLayer, run_layers
 from ldmcli.errors import UserError
 
 FORMAT = 'a list of {"label", "colour" (optional), "box": [x0, y0, x1, y1] in 0..1}'
@@ -188,11 +187,7 @@ class LayoutConditioner(nn.Module):
         labels, colours, coords, present = self._indices(layouts, self.pad.device)
         coord = self.coord_embedding[torch.arange(4, device=coords.device), coords].sum(-2)  # (B, M, width)
         x = self.label_embedding(labels) + self.colour_embedding(colours) + coord
-        x = torch.where(present[..., None], x, self.pad)
-        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
-            x = checkpoint(layer, x, use_reentrant=False) if recompute else layer(x)
-        x = self.norm(x)
+        x = run_layers(self, torch.where(present[..., None], x, self.pad))
         if self.text is None:
             return {"context": x}
         text = self.text([layout.caption for layout in layouts])

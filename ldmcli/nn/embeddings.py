@@ -1,7 +1,9 @@
-"""Sinusoidal timestep embedding: the UNet's only notion of noise level before its MLP."""
+"""Sinusoidal embeddings: of the timestep (the UNet's only notion of noise level before its MLP) and of
+a token's place in the image (for attention that must know where it is)."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -18,9 +20,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+@functools.lru_cache(maxsize=32)
 def position_encoding_2d(h: int, w: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
     """(h * w, dim) fixed sin-cos features of each cell's centre as a fraction of the map (x in the first
-    half, y in the second), so a token knows where in the image it sits whatever the resolution."""
+    half, y in the second), so a token knows where in the image it sits whatever the resolution. Cached:
+    every attention layer of every step asks for the same few maps."""
     quarter = dim // 4
     freqs = torch.exp(-math.log(100.0) * torch.arange(quarter, dtype=torch.float32, device=device) / max(quarter, 1)) * math.pi * 16
     ys = ((torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h)[:, None] * freqs
