@@ -30,7 +30,8 @@ demo-fast: install
 	$(BIN)/ldm demo --fast --out runs/demo-fast
 
 bench: install
-	$(BIN)/python bench/data_throughput.py
+	$(BIN)/python bench/data.py
+	$(BIN)/python bench/autoencoder.py
 	$(BIN)/python bench/sampling.py
 	$(BIN)/python bench/unet_train.py
 	$(BIN)/python bench/latent_vs_pixel.py

@@ -1,4 +1,6 @@
-"""Sampling speed of every sampler at 20 and 50 steps on the digits model, in images per second.
+"""Sampling speed of every sampler at 20 and 50 steps on the digits model, in images per second; and
+model evaluations per second of our UNet against diffusers' UNet2DConditionModel at the architecture of
+bench/unet_train.py (batch 32, no grad, bf16 autocast and fp32, alternated, best of `--repeats`).
 
 Takes `--model DIR`, or trains a throwaway model of recipes/dm-pixel-digits.toml for one step in a temp
 dir (its speed is the architecture's; its weights do not matter). Class-conditional with guidance, so
@@ -21,6 +23,7 @@ from ldmcli.diffusion.samplers import SAMPLERS
 from ldmcli.pipeline import Pipeline, Settings
 from ldmcli.train.distributed import resolve_device
 from report import report
+from unet_train import batches, forward, ours, theirs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +52,24 @@ def images_per_s(model, device, sampler: str, steps: int, n: int, batch: int, dt
     return n / best
 
 
+def forward_rates(precision: str, repeats: int) -> tuple[float, float]:
+    """Image evaluations per second of ours and diffusers' UNet, timed in alternation so that load from
+    other processes hits both alike."""
+    torch.manual_seed(0)
+    models = [(ours().eval(), "ours"), (theirs().eval(), "diffusers")]
+    x, t, ctx, _ = batches(1, 0)[0]
+    best = [float("inf")] * len(models)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for model, which in models:
+            forward(model, which, x, t, ctx)
+        for _ in range(repeats):
+            for i, (model, which) in enumerate(models):
+                start = time.perf_counter()
+                forward(model, which, x, t, ctx)
+                best[i] = min(best[i], time.perf_counter() - start)
+    return x.shape[0] / best[0], x.shape[0] / best[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, help="diffusion model dir (default: a throwaway dm-pixel-digits model)")
@@ -59,6 +80,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timings per figure; the fastest counts")
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--forward-repeats", type=int, default=10, help="timed forwards per UNet against diffusers")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
@@ -77,6 +99,13 @@ def main() -> None:
             print(f"{name} {steps} steps ({nfe} model calls): {rate:.3f} img/s", file=sys.stderr)
             figures[f"sampling_img_per_s_{name}_{steps}"] = round(rate, 3)
             figures[f"model_evals_{name}_{steps}"] = nfe
+    for precision in ("bf16", "fp32"):
+        mine, theirs_rate = forward_rates(precision, args.forward_repeats)
+        figures[f"ours_forward_img_per_s_{precision}"] = round(mine, 1)
+        figures[f"diffusers_forward_img_per_s_{precision}"] = round(theirs_rate, 1)
+    figures["forward_speedup_vs_diffusers"] = round(
+        max(figures["ours_forward_img_per_s_bf16"], figures["ours_forward_img_per_s_fp32"])
+        / max(figures["diffusers_forward_img_per_s_bf16"], figures["diffusers_forward_img_per_s_fp32"]), 3)
     report(figures, args.json)
 
 

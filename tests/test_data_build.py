@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ldmcli.cli.main import app
-from ldmcli.data.photos import TRAIN_SOURCES, VAL_SOURCES
+from ldmcli.data.photos import SOURCES, TRAIN_SOURCES, VAL_SOURCES
 from ldmcli.data.shards import ShardSink
 
 
@@ -85,6 +85,9 @@ def test_photos_train_never_uses_held_out_and_val_only_does(tmp_path):
     for meta in train + val:
         x0, y0, x1, y1 = meta["box"]
         assert x1 - x0 == y1 - y0 >= 32
+    for split in ("train", "val"):
+        for s in read_shards(tmp_path / split, "photos"):
+            assert SOURCES[int(s["cls"])] == json.loads(s["json"])["source"]
     sizes = {image(s["png"]).size for s in read_shards(tmp_path / "train", "photos")}
     assert sizes == {(32, 32)}
 

@@ -23,6 +23,8 @@ TRAIN_SOURCES = (
     "brick", "grass", "gravel", "camera", "moon", "coins",
 )
 VAL_SOURCES = ("china", "flower")
+# `cls` is the crop's source photo: a classifier of it gives photos a domain feature space (FID-photos)
+SOURCES = TRAIN_SOURCES + VAL_SOURCES
 _FLAT_STD = 3.0  # crops flatter than this (retina's black corners, empty sky) teach nothing; redraw
 _TRIES = 10
 
@@ -73,5 +75,6 @@ def photo_samples(size: int = 64, count: int = 10000, seed: int = 0, split: str 
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         yield {
             "png": encode_png(crop),
+            "cls": SOURCES.index(source),
             "json": {"source": source, "split": split, "box": list(box), "flip": flip},
         }

@@ -1,7 +1,7 @@
 """Encode/decode throughput (images/s) of an ldmcli autoencoder and of diffusers' AutoencoderKL with the
 same channel configuration, in bf16 autocast and fp32, measured in the same process and alternated.
 
-  python bench/ae_throughput.py --recipe recipes/ae-kl-f4-photos.toml --size 64 --batch 16 --json tp.json
+  python bench/autoencoder.py --recipe recipes/ae-kl-f4-photos.toml --size 64 --batch 16 --json tp.json
 """
 
 from __future__ import annotations
