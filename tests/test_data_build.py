@@ -207,3 +207,14 @@ def test_a_crash_leaves_no_half_shard(tmp_path):
                 sink.write({"txt": f"sample {i}"})
             raise RuntimeError("killed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["crash-000000.tar"]
+
+
+def test_expected_samples_reads_info_json_and_gives_up_on_anything_else(tmp_path):
+    from ldmcli.data.info import expected_samples
+
+    build("digits", "--out", tmp_path / "a", "--size", "16", "--count", "20")
+    build("digits", "--out", tmp_path / "b", "--size", "16", "--count", "12")
+    assert expected_samples([str(tmp_path / "a"), str(tmp_path / "b")]) == 32
+    assert expected_samples([str(tmp_path / "a"), str(tmp_path / "b" / "digits-000000.tar")]) is None
+    (tmp_path / "a" / "info.json").write_text("{not json")
+    assert expected_samples([str(tmp_path / "a")]) is None

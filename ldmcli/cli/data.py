@@ -42,7 +42,7 @@ class _RateColumn(ProgressColumn):
         return Text("-- it/s" if speed is None else f"{speed:,.0f} it/s", style="progress.data.speed")
 
 
-def progress_bar(console: Console | None = None) -> Progress:
+def progress_bar(console: Console | None = None, disable: bool = False) -> Progress:
     """The progress bar every long-running data command shows: bar, done/total, rate, ETA (on stderr)."""
     return Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -51,6 +51,7 @@ def progress_bar(console: Console | None = None) -> Progress:
         _RateColumn(),
         TimeRemainingColumn(),
         console=console or Console(stderr=True),
+        disable=disable,
     )
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ldmcli.autoencoder import load_autoencoder
 from ldmcli.autoencoder.encode import clear_latent_shards, encode_shards
 from ldmcli.autoencoder.latents import write_stats
+from ldmcli.cli.data import progress_bar
+from ldmcli.data.info import expected_samples
 from ldmcli.data.reader import eval_loader
 from ldmcli.data.shards import check_name
 from ldmcli.errors import UserError
@@ -50,8 +50,8 @@ def encode(
             clear_latent_shards(out, name)
         distributed.barrier(env)
         shard_name = name if env.world_size == 1 else f"{name}-r{env.rank:03d}"
-        with Progress(TextColumn("encode"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True), disable=not env.is_main) as bar:
-            task = bar.add_task("encode", total=None)
+        with progress_bar(disable=not env.is_main) as bar:
+            task = bar.add_task("encode", total=expected_samples(shards))
             stats = encode_shards(
                 model, ae, loader, out, env, name=shard_name, shard_size=shard_size, dtype=dtype, precision=precision,
                 tile=tile, on_batch=lambda n: bar.advance(task, n * env.world_size),

@@ -105,3 +105,15 @@ def build_info(folder: Path) -> dict | None:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+def expected_samples(patterns: list[str]) -> int | None:
+    """How many samples the given shard folders hold by their info.json, so that a progress bar can show
+    an ETA; None when any input is not such a folder (a glob, a URL, shards without info.json)."""
+    total = 0
+    for pattern in patterns:
+        info = build_info(Path(pattern)) if Path(pattern).is_dir() else None
+        if info is None or not isinstance(info.get("samples"), int):
+            return None
+        total += info["samples"]
+    return total
