@@ -72,5 +72,8 @@ def test_a_colour_past_the_palette_is_still_that_colour_and_a_mix_of_two_is_none
     # a decoder that overshoots red (220, 38, 38) towards (200, 0, 0) still draws a red square
     found = detect(_square((200, 0, 0)))
     assert [(d.color, d.shape) for d in found] == [("red", "square")]
+    # a darker, more saturated orange (245, 124, 20), as the demo's latent model paints it, is 45 RGB
+    # off orange's line from the background: far, but proportionate to a fully covered pixel
+    assert [(d.color, d.shape) for d in detect(_square((206, 90, 0)))] == [("orange", "square")]
     # halfway between red and blue, or a grey, is no palette colour: nothing is detected
     assert detect(_square((128, 58, 129))) == [] and detect(_square((120, 120, 120))) == []

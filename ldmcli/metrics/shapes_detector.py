@@ -21,6 +21,10 @@ _PALETTE = np.array(list(COLORS.values()), dtype=np.float64)
 _NAMES = list(COLORS)
 _MIN_COVERAGE = 0.25  # a pixel less covered than this is left to the background
 _MAX_RESIDUAL = 40.0  # RGB distance from the background-to-colour line still read as that colour
+# ... or this share of the pixel's distance from the background, if more: a fully covered pixel that a
+# decoder paints darker and more saturated, (206, 90, 0) for orange (245, 124, 20), is 45 off the line
+# yet plainly orange; a mix of two palette colours, red and blue, stays none
+_MAX_RELATIVE_RESIDUAL = 0.2
 # A pixel may lie past the palette colour on its line from the background (a decoder that overshoots
 # gives (200, 0, 0) for red (220, 38, 38)): up to this far it is still that colour, fully covered.
 _MAX_OVERSHOOT = 1.5
@@ -55,7 +59,8 @@ def _colour_map(image: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarr
     residual = np.linalg.norm(p[:, :, None, :] - alpha[..., None] * d, axis=-1)
     best = residual.argmin(-1)
     coverage = np.minimum(np.take_along_axis(alpha, best[..., None], -1)[..., 0], 1.0)
-    keep = (coverage >= _MIN_COVERAGE) & (np.take_along_axis(residual, best[..., None], -1)[..., 0] <= _MAX_RESIDUAL)
+    tolerance = np.maximum(_MAX_RESIDUAL, _MAX_RELATIVE_RESIDUAL * np.linalg.norm(p, axis=-1))
+    keep = (coverage >= _MIN_COVERAGE) & (np.take_along_axis(residual, best[..., None], -1)[..., 0] <= tolerance)
     return np.where(keep, best, -1), np.where(keep, coverage, 0.0)
 
 
