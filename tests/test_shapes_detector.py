@@ -75,5 +75,15 @@ def test_a_colour_past_the_palette_is_still_that_colour_and_a_mix_of_two_is_none
     # a darker, more saturated orange (245, 124, 20), as the demo's latent model paints it, is 45 RGB
     # off orange's line from the background: far, but proportionate to a fully covered pixel
     assert [(d.color, d.shape) for d in detect(_square((206, 90, 0)))] == [("orange", "square")]
+
+
+def test_a_decoded_shape_shaded_towards_another_colour_is_one_shape_of_its_own_colour():
+    # an anti-aliased orange edge, a darker orange inside and a patch that fits red better than orange
+    background, orange = np.array((240, 238, 232)), np.array((245, 124, 20))
+    image = np.tile(background, (64, 64, 1)).astype(np.uint8)
+    image[19:45, 19:45] = (background + orange) // 2
+    image[20:44, 20:44] = (206, 90, 0)
+    image[28:36, 28:36] = (205, 50, 30)
+    assert [(d.color, d.shape) for d in detect(image)] == [("orange", "square")]
     # halfway between red and blue, or a grey, is no palette colour: nothing is detected
     assert detect(_square((128, 58, 129))) == [] and detect(_square((120, 120, 120))) == []

@@ -2,8 +2,10 @@
 
 Scenes are solid shapes from a known palette on a plain background, drawn anti-aliased. Each pixel is
 read as a mix of the background and one palette colour, p = bg + a (c - bg): the colour whose line
-through the background fits the pixel best names it, and a is its coverage. Connected pixels of one
-colour are one object; summing coverage gives sub-pixel area and extents, so shape descriptors hold at
+through the background fits the pixel best names it, and a is its coverage. Generated scenes are
+shaded: a decoder paints a shape darker inside and tints its rim towards a neighbouring palette colour,
+so pixels that fit loosely join the closely fitting blob they touch, and a patch mostly bordered by a
+larger one is part of it. Connected pixels of one colour are one object; summing coverage gives sub-pixel area and extents, so shape descriptors hold at
 6 pixels a side: the area over (widest row x tallest column) is 1 for a square, pi/4 for a circle and
 1/2 for a triangle, and only a triangle's coverage is lopsided along an axis (skewness -0.57). Size, position and relations use the vocabulary of ldmcli.data.shapes.
 """
@@ -21,10 +23,11 @@ _PALETTE = np.array(list(COLORS.values()), dtype=np.float64)
 _NAMES = list(COLORS)
 _MIN_COVERAGE = 0.25  # a pixel less covered than this is left to the background
 _MAX_RESIDUAL = 40.0  # RGB distance from the background-to-colour line still read as that colour
-# ... or this share of the pixel's distance from the background, if more: a fully covered pixel that a
-# decoder paints darker and more saturated, (206, 90, 0) for orange (245, 124, 20), is 45 off the line
-# yet plainly orange; a mix of two palette colours, red and blue, stays none
+# A fully covered pixel may stray further, up to this share of its distance from the background, if it
+# joins a blob of pixels that fit a colour closely: a decoder paints orange (245, 124, 20) as (206, 90, 0)
+# inside its shapes, 45 off orange's line and closer to red's than that, yet part of an orange shape.
 _MAX_RELATIVE_RESIDUAL = 0.2
+_FRAGMENT_CONTACT = 1 / 3  # share of a patch's outline along a larger patch that makes it part of that shape
 # A pixel may lie past the palette colour on its line from the background (a decoder that overshoots
 # gives (200, 0, 0) for red (220, 38, 38)): up to this far it is still that colour, fully covered.
 _MAX_OVERSHOOT = 1.5
@@ -59,9 +62,43 @@ def _colour_map(image: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarr
     residual = np.linalg.norm(p[:, :, None, :] - alpha[..., None] * d, axis=-1)
     best = residual.argmin(-1)
     coverage = np.minimum(np.take_along_axis(alpha, best[..., None], -1)[..., 0], 1.0)
-    tolerance = np.maximum(_MAX_RESIDUAL, _MAX_RELATIVE_RESIDUAL * np.linalg.norm(p, axis=-1))
-    keep = (coverage >= _MIN_COVERAGE) & (np.take_along_axis(residual, best[..., None], -1)[..., 0] <= tolerance)
-    return np.where(keep, best, -1), np.where(keep, coverage, 0.0)
+    fit = np.take_along_axis(residual, best[..., None], -1)[..., 0]
+    covered = coverage >= _MIN_COVERAGE
+    strict = covered & (fit <= _MAX_RESIDUAL)
+    loose = covered & (fit <= np.maximum(_MAX_RESIDUAL, _MAX_RELATIVE_RESIDUAL * np.linalg.norm(p, axis=-1)))
+    colours = np.where(strict, best, -1)
+    extra = loose & ~strict
+    if extra.any():
+        # a loose pixel takes the colour of the nearest close fit in its blob; a blob with none keeps its own best
+        blobs, _ = ndimage.label(loose, structure=np.ones((3, 3)))
+        anchored = np.bincount(blobs[strict], minlength=blobs.max() + 1) > 0
+        inherit = extra & anchored[blobs]
+        if inherit.any():
+            iy, ix = ndimage.distance_transform_edt(~strict, return_distances=False, return_indices=True)
+            colours[inherit] = colours[iy[inherit], ix[inherit]]
+        colours[extra & ~anchored[blobs]] = best[extra & ~anchored[blobs]]
+    return colours, np.where(loose, coverage, 0.0)
+
+
+def _merge_fragments(colours: np.ndarray, coverage: np.ndarray) -> np.ndarray:
+    """A patch of one colour that borders a larger patch of another colour along at least a third of its
+    outline is part of that patch's shape: decoders shade a dark orange shape's rim red. Two shapes that
+    touch meet along a small part of their outlines and keep their colours."""
+    eight = np.ones((3, 3))
+    for k in range(len(_NAMES)):
+        labels, n = ndimage.label(colours == k, structure=eight)
+        for index in range(1, n + 1):
+            patch = labels == index
+            ring = ndimage.binary_dilation(patch, structure=eight) & ~patch
+            around = np.bincount(colours[ring] + 1, minlength=len(_NAMES) + 1)  # slot 0: background
+            host = int(around[1:].argmax())
+            if host == k or around[1 + host] < _FRAGMENT_CONTACT * ring.sum():
+                continue
+            hosts, _ = ndimage.label(colours == host, structure=eight)
+            touching = np.unique(hosts[ring & (colours == host)])
+            if coverage[np.isin(hosts, touching[touching > 0])].sum() > coverage[patch].sum():
+                colours[patch] = host
+    return colours
 
 
 def _skewness(profile: np.ndarray) -> float:
@@ -92,6 +129,7 @@ def detect(image: np.ndarray) -> list[Detection]:
     """The objects of an H x W x 3 uint8 scene, largest first."""
     h, w = image.shape[:2]
     colours, coverage = _colour_map(image, background_colour(image))
+    colours = _merge_fragments(colours, coverage)
     found = []
     for k, name in enumerate(_NAMES):
         labels, n = ndimage.label(colours == k, structure=np.ones((3, 3)))
