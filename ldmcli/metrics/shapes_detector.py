@@ -5,9 +5,11 @@ read as a mix of the background and one palette colour, p = bg + a (c - bg): the
 through the background fits the pixel best names it, and a is its coverage. Generated scenes are
 shaded: a decoder paints a shape darker inside and tints its rim towards a neighbouring palette colour,
 so pixels that fit loosely join the closely fitting blob they touch, and a patch mostly bordered by a
-larger one is part of it. Connected pixels of one colour are one object; summing coverage gives sub-pixel area and extents, so shape descriptors hold at
-6 pixels a side: the area over (widest row x tallest column) is 1 for a square, pi/4 for a circle and
-1/2 for a triangle, and only a triangle's coverage is lopsided along an axis (skewness -0.57). Size, position and relations use the vocabulary of ldmcli.data.shapes.
+larger one is part of it. Connected pixels of one colour are one object; summing coverage gives
+sub-pixel area and extents, so shape descriptors hold at 6 pixels a side: the area over (widest row x
+tallest column) is 1 for a square, pi/4 for a circle and 1/2 for a triangle, and only a triangle's
+coverage is lopsided along an axis (skewness -0.57). Size, position and relations use the vocabulary
+of ldmcli.data.shapes.
 """
 
 from __future__ import annotations
