@@ -7,7 +7,6 @@ same channel configuration, in bf16 autocast and fp32, measured in the same proc
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -17,20 +16,7 @@ from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.config import load_recipe
 from ldmcli.interop.autoencoder import config_to_diffusers
 from report import report
-
-
-def rates(fns, x: torch.Tensor, precision: str, repeats: int) -> list[float]:
-    """Images/s of each fn, timed in alternation so that load from other processes hits all alike."""
-    best = [float("inf")] * len(fns)
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        for fn in fns:
-            fn(x)
-        for _ in range(repeats):
-            for i, fn in enumerate(fns):
-                start = time.perf_counter()
-                fn(x)
-                best[i] = min(best[i], time.perf_counter() - start)
-    return [x.shape[0] / b for b in best]
+from timing import alternated_rates
 
 
 def main() -> None:
@@ -55,8 +41,8 @@ def main() -> None:
         z = ours.encode(x)
     result = {"size": args.size, "batch": args.batch, "threads": torch.get_num_threads()}
     for precision in ("bf16", "fp32"):
-        enc = rates([ours.encode, lambda t: theirs.encode(t).latent_dist.mean], x, precision, args.repeats)
-        dec = rates([ours.decode, lambda t: theirs.decode(t).sample], z, precision, args.repeats)
+        enc = alternated_rates([ours.encode, lambda t: theirs.encode(t).latent_dist.mean], x, precision, args.repeats)
+        dec = alternated_rates([ours.decode, lambda t: theirs.decode(t).sample], z, precision, args.repeats)
         result[f"ldmcli_encode_{precision}"], result[f"diffusers_encode_{precision}"] = enc
         result[f"ldmcli_decode_{precision}"], result[f"diffusers_decode_{precision}"] = dec
     for what in ("encode", "decode"):

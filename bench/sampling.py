@@ -23,6 +23,7 @@ from ldmcli.diffusion.samplers import SAMPLERS
 from ldmcli.pipeline import Pipeline, Settings
 from ldmcli.train.distributed import resolve_device
 from report import report
+from timing import alternated_rates
 from unet_train import batches, forward, ours, theirs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,22 +53,13 @@ def images_per_s(model, device, sampler: str, steps: int, n: int, batch: int, dt
     return n / best
 
 
-def forward_rates(precision: str, repeats: int) -> tuple[float, float]:
-    """Image evaluations per second of ours and diffusers' UNet, timed in alternation so that load from
-    other processes hits both alike."""
+def forward_rates(precision: str, repeats: int) -> list[float]:
+    """Image evaluations per second of our UNet and diffusers' on one batch of the unet_train architecture."""
     torch.manual_seed(0)
-    models = [(ours().eval(), "ours"), (theirs().eval(), "diffusers")]
+    mine, diffusers_unet = ours().eval(), theirs().eval()
     x, t, ctx, _ = batches(1, 0)[0]
-    best = [float("inf")] * len(models)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        for model, which in models:
-            forward(model, which, x, t, ctx)
-        for _ in range(repeats):
-            for i, (model, which) in enumerate(models):
-                start = time.perf_counter()
-                forward(model, which, x, t, ctx)
-                best[i] = min(best[i], time.perf_counter() - start)
-    return x.shape[0] / best[0], x.shape[0] / best[1]
+    return alternated_rates([lambda b: forward(mine, "ours", b, t, ctx), lambda b: forward(diffusers_unet, "diffusers", b, t, ctx)],
+                            x, precision, repeats)
 
 
 def main() -> None:

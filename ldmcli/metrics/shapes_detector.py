@@ -74,11 +74,11 @@ def _colour_map(image: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarr
         # a loose pixel takes the colour of the nearest close fit in its blob; a blob with none keeps its own best
         blobs, _ = ndimage.label(loose, structure=np.ones((3, 3)))
         anchored = np.bincount(blobs[strict], minlength=blobs.max() + 1) > 0
-        inherit = extra & anchored[blobs]
+        inherit, own = extra & anchored[blobs], extra & ~anchored[blobs]
+        colours[own] = best[own]
         if inherit.any():
             iy, ix = ndimage.distance_transform_edt(~strict, return_distances=False, return_indices=True)
             colours[inherit] = colours[iy[inherit], ix[inherit]]
-        colours[extra & ~anchored[blobs]] = best[extra & ~anchored[blobs]]
     return colours, np.where(loose, coverage, 0.0)
 
 
