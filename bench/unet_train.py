@@ -7,18 +7,21 @@ fp32; diffusers with bf16 autocast and fp32, each with torch's default AdamW (wh
 scripts use) and with the fused AdamW we use; `diffusers_img_s` is the best of those four. MFU is our
 bf16 step's model FLOPs (forward + backward, counted by torch's FlopCounterMode) per second over the
 bf16 matmul peak measured in the same run. A short run of ours in bf16 and fp32 from the same seed
-on the same batches shows whether bf16 changes the loss curve. Prints `name: value` lines last; never
-asserts on time.
-  python bench/unet_train.py --json unet_train.json
+on the same batches shows whether bf16 changes the loss curve. With --compile both models also run
+under torch.compile in bf16 (fused AdamW each), from a cold inductor cache, and the seconds the first
+steps spent compiling are reported. Prints `name: value` lines last; never asserts on time.
+  python bench/unet_train.py --json unet_train.json [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,14 +78,19 @@ def step_fn(model, which: str, precision: str, fused: bool):
     return step
 
 
-def run_one(which: str, precision: str, fused: bool, steps: int, repeats: int) -> dict:
-    """Child process: images per second (best of `repeats`) and this process's peak RSS."""
+def run_one(which: str, precision: str, fused: bool, steps: int, repeats: int, compiled: bool = False) -> dict:
+    """Child process: images per second (best of `repeats`), this process's peak RSS, and with `compiled`
+    the seconds the warm-up steps took (compilation included)."""
     torch.manual_seed(0)
     model = (ours if which == "ours" else theirs)().train()
+    if compiled:
+        model.compile()
     step = step_fn(model, which, precision, fused)
     data = batches(4, 1)
+    start = time.perf_counter()
     for k in range(3):
         step(*data[k % 4])
+    warmup = time.perf_counter() - start
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -90,7 +98,7 @@ def run_one(which: str, precision: str, fused: bool, steps: int, repeats: int) -
             step(*data[k % 4])
         best = min(best, (time.perf_counter() - start) / steps)
     return {"img_s": B / best, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "warmup_s": warmup}
 
 
 def model_flops() -> float:
@@ -129,7 +137,7 @@ def loss_curves(steps: int) -> tuple[list[float], list[float]]:
 
 
 def child(args) -> None:
-    print(json.dumps(run_one(args.which, args.precision, args.fused, args.steps, args.repeats)))
+    print(json.dumps(run_one(args.which, args.precision, args.fused, args.steps, args.repeats, args.compiled)))
 
 
 def main() -> None:
@@ -138,6 +146,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--curve-steps", type=int, default=60)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile (minutes of compiling)")
+    parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--which", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--fused", action="store_true", help=argparse.SUPPRESS)
@@ -146,10 +156,12 @@ def main() -> None:
         child(args)
         return
 
-    def measure(which: str, precision: str, fused: bool) -> dict:
+    def measure(which: str, precision: str, fused: bool, compiled: bool = False) -> dict:
         cmd = [sys.executable, __file__, "--which", which, "--precision", precision, "--steps", str(args.steps),
-               "--repeats", str(args.repeats), *(["--fused"] if fused else [])]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+               "--repeats", str(args.repeats), *(["--fused"] if fused else []), *(["--compiled"] if compiled else [])]
+        with tempfile.TemporaryDirectory() as cache:  # a cold inductor cache: the compile time a user first pays
+            env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": cache}
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     results = {(w, p, f): measure(w, p, f) for w, p, f in [("ours", "bf16", True), ("ours", "fp32", True),
@@ -182,6 +194,17 @@ def main() -> None:
         "loss_last_third_fp32": last_fp32,
         "loss_bf16_over_fp32": last_bf16 / last_fp32,
     }
+    if args.compile:
+        ours_c, theirs_c = measure("ours", "bf16", True, True), measure("diffusers", "bf16", True, True)
+        figures |= {
+            "ours_compiled_img_s": ours_c["img_s"],
+            "diffusers_compiled_img_s": theirs_c["img_s"],
+            "speedup_compiled_vs_diffusers_compiled": ours_c["img_s"] / theirs_c["img_s"],
+            "speedup_ours_compiled_vs_diffusers": ours_c["img_s"] / theirs_best,
+            "ours_compile_warmup_s": ours_c["warmup_s"],
+            "diffusers_compile_warmup_s": theirs_c["warmup_s"],
+            "mfu_compiled": flops * ours_c["img_s"] / peak,
+        }
     report(figures, args.json)
 
 
