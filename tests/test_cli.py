@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import typer
 from conftest import run_cli, run_ldm
 
@@ -7,6 +10,13 @@ from ldmcli.cli.main import app
 
 def test_version():
     assert run_cli("--version").output.strip() == f"ldm {__version__}"
+
+
+def test_start_up_does_not_import_torchvision():
+    """torchvision drags in torch._dynamo: seconds on every command (the demo starts nine), so it is imported only where used."""
+    code = "import sys, ldmcli.cli.main; print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def _command_paths(command, prefix=()):
