@@ -36,7 +36,7 @@ def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
 def blind_down(x: torch.Tensor, scale: int, gen: torch.Generator | None = None) -> torch.Tensor:
     """Per image: Gaussian blur (sigma 0.2-2.0, half the time), resampling by a random method, Gaussian
     noise (std 0-0.08 in [-1, 1] units, half the time), JPEG at quality 40-95 (half the time)."""
-    from torchvision.transforms.functional import gaussian_blur  # importing torchvision costs every `ldm` command 2 s
+    from torchvision.transforms.functional import gaussian_blur  # at module level it cost every `ldm` command ~3 s of start-up
 
     out = []
     for img in x:
