@@ -115,3 +115,16 @@ def test_bad_sources_are_one_line_errors(tmp_path):
     (tmp_path / "dir" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
     result = run_cli("convert", tmp_path / "dir", "--out", tmp_path / "x")
     assert result.exit_code == 2 and "UNet2DModel" in result.output
+
+
+def test_export_refuses_an_autoencoder_with_shortcuts(tmp_path):
+    cfg = AutoencoderConfig(channels=32, channel_mult=[1, 2], num_res_blocks=1, z_channels=4, embed_dim=4)
+    torch.save({"state_dict": export_state(Autoencoder(cfg).state_dict(), cfg, "compvis")}, tmp_path / "ae.ckpt")
+    assert run_cli("convert", tmp_path / "ae.ckpt", "--out", tmp_path / "ours").exit_code == 0
+    config = tmp_path / "ours" / "config.json"
+    payload = json.loads(config.read_text())
+    payload["config"]["shortcut"] = True
+    config.write_text(json.dumps(payload))
+    for fmt, out in (("diffusers", tmp_path / "d"), ("compvis", tmp_path / "c.safetensors")):
+        result = run_cli("convert", tmp_path / "ours", "--to", fmt, "--out", out)
+        assert result.exit_code == 2 and "shortcuts" in result.output and not out.exists()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ldmcli.autoencoder.config import AutoencoderConfig, LossConfig
 from ldmcli.autoencoder.discriminator import PatchDiscriminator
 from ldmcli.autoencoder.losses import AutoencoderLoss, adaptive_weight, discriminator_loss, feature_matching, generator_adversarial
-from ldmcli.autoencoder.model import Autoencoder, DiagonalGaussian
+from ldmcli.autoencoder.model import Autoencoder, DiagonalGaussian, fold, unfold
 from ldmcli.autoencoder.quantize import VectorQuantizer
 from ldmcli.autoencoder.tiling import tile_starts, tiled, tiled_decode, tiled_encode
 
@@ -169,6 +169,32 @@ def test_logvar_init_sets_the_posterior_log_variance_bias_only():
     assert post.std.mean() < 0.1  # early samples are nearly the mean
     no_qc = Autoencoder(tiny(logvar_init=-4.0, quant_conv=False, embed_dim=3))
     assert (no_qc.encoder.conv_out.bias[3:] == -4.0).all()
+
+
+def test_shortcuts_fold_and_unfold_are_box_filter_and_nearest_for_rgb_latents():
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(fold(x, 4, 3), F.avg_pool2d(x, 4))
+    z = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(unfold(z, 4, 3), F.interpolate(z, scale_factor=4, mode="nearest"))
+    # 48 folded channels averaged in 4 groups of 12; unfolding 4 channels repeats each over its group
+    assert fold(x, 4, 4).shape == (2, 4, 4, 4) and unfold(torch.randn(2, 4, 4, 4), 4, 3).shape == (2, 3, 16, 16)
+    torch.testing.assert_close(fold(x, 4, 4)[:, 0], F.pixel_unshuffle(x, 4)[:, :12].mean(dim=1))
+
+
+@pytest.mark.parametrize("bottleneck", ["kl", "vq"])
+def test_shortcut_autoencoder_starts_as_the_box_filter_codec_and_trains(bottleneck):
+    torch.manual_seed(0)
+    model = Autoencoder(tiny(bottleneck=bottleneck, channel_mult=[1, 2, 2], shortcut=True, logvar_init=-6.0))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    box = F.avg_pool2d(x, 4)
+    torch.testing.assert_close(model.encode(x), box)
+    if bottleneck == "kl":
+        torch.testing.assert_close(model.decode(box), F.interpolate(box, scale_factor=4))
+    recon, _ = model(x)
+    recon.sub(x).abs().mean().backward()
+    assert model.decoder.conv_out.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="divisible"):
+        Autoencoder(tiny(channel_mult=[1, 2], shortcut=True, z_channels=5, embed_dim=5))
 
 
 def test_feature_matching_and_discriminator_wait_for_feature_matching_start():

@@ -42,6 +42,12 @@ class AutoencoderConfig:
     # training; e.g. -6 starts with std 0.05 (the KL term still pulls it toward 0 as training goes on).
     # Only the initialisation changes: weights, layout and interop are the same.
     logvar_init: float = 0.0
+    # Residual autoencoding (DC-AE, Chen et al. 2025): parameter-free shortcuts around the networks. The
+    # latent adds the image folded onto the latent grid (space-to-channel, channel groups averaged), the
+    # image adds the latent unfolded (channels repeated, channel-to-space). At initialisation the model
+    # is already a box-filter codec, so a short training refines resampling instead of learning it.
+    # Needs (in_channels * f^2) % embed_dim == 0; not part of the diffusers/CompVis layouts.
+    shortcut: bool = False
     # Set on import from diffusers (e.g. 0.18215 for SD's KL-f8); `ldm encode` measures its own.
     scaling_factor: float | None = None
 

@@ -107,6 +107,17 @@ class DiagonalGaussian:
         return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(1, 2, 3))
 
 
+def fold(x: torch.Tensor, factor: int, channels: int) -> torch.Tensor:
+    """The shortcut into the latent: space-to-channel by `factor`, then groups averaged to `channels`."""
+    h = F.pixel_unshuffle(x, factor)
+    return h.unflatten(1, (channels, h.shape[1] // channels)).mean(dim=2)
+
+
+def unfold(z: torch.Tensor, factor: int, channels: int) -> torch.Tensor:
+    """The shortcut out of the latent: each channel repeated over its group, then channel-to-space."""
+    return F.pixel_shuffle(z.repeat_interleave(channels * factor * factor // z.shape[1], dim=1), factor)
+
+
 class Autoencoder(nn.Module):
     """Encoder -> quant_conv -> [KL sample | VQ] -> post_quant_conv -> Decoder."""
 
@@ -120,13 +131,27 @@ class Autoencoder(nn.Module):
         self.quant_conv = nn.Conv2d(z_out, moments, 1) if cfg.quant_conv else None
         if not cfg.quant_conv and z_out != moments:
             raise ValueError("without quant_conv, embed_dim must equal z_channels")
+        if cfg.shortcut and (cfg.in_channels * cfg.factor**2) % cfg.embed_dim:
+            raise ValueError(f"shortcut needs in_channels * f^2 ({cfg.in_channels * cfg.factor**2}) divisible by embed_dim ({cfg.embed_dim})")
         self.quantize = None if kl else VectorQuantizer(cfg.n_embed, cfg.embed_dim, cfg.beta, cfg.codebook, cfg.ema_decay, cfg.restart_dead_codes, cfg.dead_code_usage)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1) if cfg.quant_conv else None
         self.decoder = Decoder(cfg)
+        if cfg.shortcut:
+            self._zero_residuals()
         if kl and cfg.logvar_init:
             out = self.quant_conv if self.quant_conv is not None else self.encoder.conv_out
             with torch.no_grad():
                 out.bias[out.bias.shape[0] // 2 :].fill_(cfg.logvar_init)
+
+    @torch.no_grad()
+    def _zero_residuals(self) -> None:
+        """With shortcuts, start as the exact box-filter codec: the networks' last layers add nothing yet."""
+        e = self.config.embed_dim
+        out = self.quant_conv if self.quant_conv is not None else self.encoder.conv_out
+        out.weight[:e].zero_()
+        out.bias[:e].zero_()
+        self.decoder.conv_out.weight.zero_()
+        self.decoder.conv_out.bias.zero_()
 
     @property
     def factor(self) -> int:
@@ -138,7 +163,12 @@ class Autoencoder(nn.Module):
 
     def moments(self, x: torch.Tensor) -> torch.Tensor:
         h = self.encoder(x)
-        return h if self.quant_conv is None else self.quant_conv(h)
+        h = h if self.quant_conv is None else self.quant_conv(h)
+        if not self.config.shortcut:
+            return h
+        e = self.config.embed_dim
+        mean = h[:, :e] + fold(x, self.factor, e).to(h.dtype)
+        return torch.cat([mean, h[:, e:]], dim=1)
 
     def posterior(self, x: torch.Tensor) -> DiagonalGaussian:
         if self.quantize is not None:
@@ -156,10 +186,12 @@ class Autoencoder(nn.Module):
         """Latents -> image in [-1, 1] (not clamped); VQ latents are snapped to the codebook first."""
         if self.quantize is not None:
             z = self.quantize(z)[0]
+        return self._decode(z)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
         z = z.to(self.decoder.conv_in.weight.dtype)
-        if self.post_quant_conv is not None:
-            z = self.post_quant_conv(z)
-        return self.decoder(z)
+        out = self.decoder(z if self.post_quant_conv is None else self.post_quant_conv(z))
+        return out + unfold(z, self.factor, self.config.in_channels).to(out.dtype) if self.config.shortcut else out
 
     def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Reconstruction and the bottleneck's terms: `kl` per sample (KL) or `codebook_loss`, `perplexity` (VQ)."""
@@ -168,9 +200,7 @@ class Autoencoder(nn.Module):
             z = post.sample() if sample else post.mean
             return self.decode(z), {"kl": post.kl()}
         zq, codebook_loss, stats = self.quantize(self.moments(x))
-        zq = zq.to(self.decoder.conv_in.weight.dtype)
-        h = zq if self.post_quant_conv is None else self.post_quant_conv(zq)
-        return self.decoder(h), {"codebook_loss": codebook_loss, **stats}
+        return self._decode(zq), {"codebook_loss": codebook_loss, **stats}
 
     def last_layer(self) -> torch.Tensor:
         """The weight where the adversarial term's weight is measured (the paper's adaptive weight)."""

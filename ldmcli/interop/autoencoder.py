@@ -278,6 +278,8 @@ def import_autoencoder(source: Path) -> Autoencoder:
 
 def export_autoencoder(model: Autoencoder, out: Path, fmt: str) -> Path:
     """Write a diffusers model dir (config.json + safetensors) or a CompVis first-stage safetensors file."""
+    if model.config.shortcut:
+        raise UserError("this autoencoder has residual shortcuts (model.shortcut = true), which the diffusers and CompVis layouts lack")
     state = export_state({k: v.detach().cpu() for k, v in model.state_dict().items()}, model.config, fmt)
     out = Path(out)
     if fmt == "diffusers":
