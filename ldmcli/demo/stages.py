@@ -92,7 +92,7 @@ def build_stages(out: Path, recipes: Path, plan: Plan) -> list[Stage]:
         Stage("data-val", "build the held-out shapes", ["data", "build", "shapes", "--split", "val", "--out", str(val),
               "--count", str(plan.val_count)], val / "info.json", 3),
         Stage("train-ae", "train the autoencoder", ["train-ae", str(data), "--recipe", str(ae_recipe), "--out", str(out / "ae"), *ae_set],
-              out / "ae" / "model" / "model.safetensors", 240 * ae_steps / max(_recipe_steps(ae_recipe), 1), out / "ae", ae_steps),
+              out / "ae" / "model" / "model.safetensors", 120 * ae_steps / max(_recipe_steps(ae_recipe), 1), out / "ae", ae_steps),
         Stage("recon", "measure reconstructions", ["eval", str(val), "--recon", "--ae", str(out / "ae" / "model"), "--limit",
               str(plan.recon_limit), "--json", str(out / "ae" / "recon.json"), "--save", str(out / "ae" / "recon")],
               out / "ae" / "recon.json", 10, clears=[out / "ae" / "recon"]),
