@@ -10,6 +10,7 @@ from ldmcli.autoencoder.losses import AutoencoderLoss, adaptive_weight, discrimi
 from ldmcli.autoencoder.model import Autoencoder, DiagonalGaussian, fold, unfold
 from ldmcli.autoencoder.quantize import VectorQuantizer
 from ldmcli.autoencoder.tiling import tile_starts, tiled, tiled_decode, tiled_encode
+from ldmcli.errors import UserError
 
 
 def tiny(**kw) -> AutoencoderConfig:
@@ -193,7 +194,7 @@ def test_shortcut_autoencoder_starts_as_the_box_filter_codec_and_trains(bottlene
     recon, _ = model(x)
     recon.sub(x).abs().mean().backward()
     assert model.decoder.conv_out.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(UserError, match="divisible"):
         Autoencoder(tiny(channel_mult=[1, 2], shortcut=True, z_channels=5, embed_dim=5))
 
 

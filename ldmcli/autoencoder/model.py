@@ -13,6 +13,7 @@ from torch import nn
 
 from ldmcli.autoencoder.config import AutoencoderConfig
 from ldmcli.autoencoder.quantize import VectorQuantizer
+from ldmcli.errors import UserError
 from ldmcli.nn.blocks import Downsample, ResBlock, SelfAttention2d, Upsample, norm
 
 
@@ -130,9 +131,9 @@ class Autoencoder(nn.Module):
         z_out = 2 * cfg.z_channels if kl else cfg.z_channels
         self.quant_conv = nn.Conv2d(z_out, moments, 1) if cfg.quant_conv else None
         if not cfg.quant_conv and z_out != moments:
-            raise ValueError("without quant_conv, embed_dim must equal z_channels")
+            raise UserError("model.embed_dim must equal model.z_channels when model.quant_conv is false")
         if cfg.shortcut and (cfg.in_channels * cfg.factor**2) % cfg.embed_dim:
-            raise ValueError(f"shortcut needs in_channels * f^2 ({cfg.in_channels * cfg.factor**2}) divisible by embed_dim ({cfg.embed_dim})")
+            raise UserError(f"model.shortcut needs in_channels * f^2 ({cfg.in_channels * cfg.factor**2}) divisible by model.embed_dim ({cfg.embed_dim})")
         self.quantize = None if kl else VectorQuantizer(cfg.n_embed, cfg.embed_dim, cfg.beta, cfg.codebook, cfg.ema_decay, cfg.restart_dead_codes, cfg.dead_code_usage)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1) if cfg.quant_conv else None
         self.decoder = Decoder(cfg)
@@ -167,8 +168,8 @@ class Autoencoder(nn.Module):
         if not self.config.shortcut:
             return h
         e = self.config.embed_dim
-        mean = h[:, :e] + fold(x, self.factor, e).to(h.dtype)
-        return torch.cat([mean, h[:, e:]], dim=1)
+        mean = h[:, :e].float() + fold(x.float(), self.factor, e)  # in fp32: bf16 would round the image itself
+        return torch.cat([mean, h[:, e:].float()], dim=1)
 
     def posterior(self, x: torch.Tensor) -> DiagonalGaussian:
         if self.quantize is not None:
@@ -191,7 +192,7 @@ class Autoencoder(nn.Module):
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         z = z.to(self.decoder.conv_in.weight.dtype)
         out = self.decoder(z if self.post_quant_conv is None else self.post_quant_conv(z))
-        return out + unfold(z, self.factor, self.config.in_channels).to(out.dtype) if self.config.shortcut else out
+        return out.float() + unfold(z.float(), self.factor, self.config.in_channels) if self.config.shortcut else out
 
     def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Reconstruction and the bottleneck's terms: `kl` per sample (KL) or `codebook_loss`, `perplexity` (VQ)."""
