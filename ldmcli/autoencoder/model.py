@@ -137,22 +137,21 @@ class Autoencoder(nn.Module):
         self.quantize = None if kl else VectorQuantizer(cfg.n_embed, cfg.embed_dim, cfg.beta, cfg.codebook, cfg.ema_decay, cfg.restart_dead_codes, cfg.dead_code_usage)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1) if cfg.quant_conv else None
         self.decoder = Decoder(cfg)
-        if cfg.shortcut:
-            self._zero_residuals()
-        if kl and cfg.logvar_init:
-            out = self.quant_conv if self.quant_conv is not None else self.encoder.conv_out
-            with torch.no_grad():
-                out.bias[out.bias.shape[0] // 2 :].fill_(cfg.logvar_init)
+        self._init_outputs()
 
     @torch.no_grad()
-    def _zero_residuals(self) -> None:
-        """With shortcuts, start as the exact box-filter codec: the networks' last layers add nothing yet."""
-        e = self.config.embed_dim
+    def _init_outputs(self) -> None:
+        """The posterior's log-variance bias at `logvar_init`; with shortcuts, the mean rows and the decoder's
+        last layer at zero, so the untrained model is exactly the box-filter codec."""
+        cfg, e = self.config, self.config.embed_dim
         out = self.quant_conv if self.quant_conv is not None else self.encoder.conv_out
-        out.weight[:e].zero_()
-        out.bias[:e].zero_()
-        self.decoder.conv_out.weight.zero_()
-        self.decoder.conv_out.bias.zero_()
+        if cfg.bottleneck == "kl" and cfg.logvar_init:
+            out.bias[e:].fill_(cfg.logvar_init)
+        if cfg.shortcut:
+            out.weight[:e].zero_()
+            out.bias[:e].zero_()
+            self.decoder.conv_out.weight.zero_()
+            self.decoder.conv_out.bias.zero_()
 
     @property
     def factor(self) -> int:
