@@ -2,11 +2,15 @@
 build, tiled denoising, `ldm train-diffusion --task`, `ldm upscale`, `ldm sample --init --mask` with an
 inpainting model, and the one-line errors for wrong inputs."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY, run_cli, train
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from test_bad_input import one_error_line
 
 from ldmcli.diffusion.degrade import bicubic_down, blind_down
@@ -109,6 +113,44 @@ def test_upscale_makes_images_four_times_larger_in_tiles(sr_model, tmp_path):
     assert Image.open(tmp_path / "up2" / "b.png").size == (64, 64)
 
 
+def test_residual_sr_targets_the_difference_from_the_upsampled_input():
+    image = torch.rand(2, 3, 16, 16) * 2 - 1
+    task = TaskConfig(kind="sr", scale=4, residual=True, residual_scale=5.0)
+    z, extra, low = training_inputs(task, image, lambda x: x)
+    up = F.interpolate(low, size=(16, 16), mode="bicubic", align_corners=False).clamp(-1, 1)
+    assert torch.allclose(z, (image - up) * 5.0, atol=1e-6)
+    assert torch.equal(extra["concat"], up)  # the input on the latent grid, as without the residual
+
+
+def test_residual_sr_measures_its_scale_and_adds_the_input_back(digits_shards, tmp_path):
+    """With its last layer's weights zeroed and its bias at 0.2 x residual_scale, an x0-predicting
+    residual model predicts the same detail everywhere, so `ldm upscale` must give the bicubic upsampling
+    of the input plus 0.2: the residual is unscaled and the input's latent added back after sampling."""
+    run = tmp_path / "run"
+    result = run_cli("train-diffusion", digits_shards, "--out", run, *TINY, "--task", "sr", "--set", "task.residual=true",
+                     "--set", "schedule.prediction=x0")
+    assert result.exit_code == 0, result.output
+    task = json.loads((run / "model" / "config.json").read_text())["config"]["task"]
+    assert task["residual"] and task["residual_scale"] > 1  # the residual is smaller than the image
+    for name in ("model.safetensors", "ema.safetensors"):
+        weights = load_file(run / "model" / name)
+        for k, v in weights.items():
+            if "conv_out.weight" in k:
+                v.zero_()
+            if "conv_out.bias" in k:
+                v.fill_(0.2 * task["residual_scale"])
+        save_file(weights, run / "model" / name)
+    low = np.random.default_rng(0).integers(60, 190, (6, 7, 3), dtype=np.uint8)
+    save(tmp_path / "low.png", low)
+    result = run_cli("upscale", tmp_path / "low.png", "--model", run / "model", "--out", tmp_path / "up", "--steps", "3", "--tile", "0")
+    assert result.exit_code == 0, result.output
+    x = torch.from_numpy(low).permute(2, 0, 1)[None].float() / 127.5 - 1
+    up = (F.interpolate(x, size=(24, 28), mode="bicubic", align_corners=False).clamp(-1, 1) + 0.2).clamp(-1, 1)
+    want = ((up[0].permute(1, 2, 0) + 1) * 127.5).round().numpy()
+    got = np.asarray(Image.open(tmp_path / "up" / "low.png").convert("RGB")).astype(np.float64)
+    assert np.abs(got - want).max() <= 2
+
+
 def test_upscale_refuses_what_the_model_cannot_do(sr_model, inpaint_model, tmp_path):
     image = save(tmp_path / "a.png", rgb(8, 8))
     one_error_line(run_cli("upscale", image, "--model", sr_model, "--scale", "2"), "trained for x4, not x2")
@@ -164,3 +206,5 @@ def test_image_tasks_need_image_shards_and_a_known_task(tmp_path, digits_shards)
     one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--task", "colourise", *TINY), "unknown --task 'colourise'")
     one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--task", "sr", "--set", "task.scale=1", *TINY),
                    "task.scale must be at least 2")
+    one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--set", "task.residual=true", *TINY),
+                   "task.residual is for super-resolution")

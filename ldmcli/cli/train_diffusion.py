@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import typer
 
 from ldmcli.autoencoder.latents import STATS_FILE, check_stats, read_stats
 from ldmcli.cli.common import DEVICE, OUT, QUIET, RECIPE, RESUME, SET, prepare_run, run_training
 from ldmcli.data.reader import eval_loader, resolve_shards
 from ldmcli.diffusion.config import KIND, RUN_KIND, DiffusionRecipe
-from ldmcli.diffusion.first_stage import load_first_stage, measure_scale_factor
-from ldmcli.diffusion.image_cond import TASKS
+from ldmcli.diffusion.first_stage import load_first_stage, measure_scale
+from ldmcli.diffusion.image_cond import TASKS, training_inputs
 from ldmcli.diffusion.model import resolve
 from ldmcli.diffusion.task import DiffusionTask
 from ldmcli.errors import UserError
@@ -51,16 +52,28 @@ def _first_stage(cfg: DiffusionRecipe, shards: list[str], ae: Path | None):
         return resolve(cfg, int(shape[0]), int(shape[1])), load_first_stage(fs.autoencoder), False
     if ae is not None:
         fs.autoencoder = str(Path(ae).resolve())
-    if not fs.autoencoder:
-        fs.scale_factor = fs.scale_factor or 1.0
-        return resolve(cfg, 3, cfg.data.size), load_first_stage(""), True
-    model = load_first_stage(fs.autoencoder)
+    model = load_first_stage(fs.autoencoder or "")
     if cfg.data.size % model.factor:
         raise UserError(f"data.size {cfg.data.size} is not a multiple of the autoencoder's factor {model.factor}")
-    if not fs.scale_factor:
+    if not fs.autoencoder:
+        fs.scale_factor = fs.scale_factor or 1.0
+    elif not fs.scale_factor:
         known = model.config.scaling_factor
-        fs.scale_factor = known or measure_scale_factor(model, eval_loader(shards, batch_size=32, size=cfg.data.size))
+        batches = eval_loader(shards, batch_size=32, size=cfg.data.size)
+        fs.scale_factor = known or measure_scale((model.encode(b["image"]) for b in batches), "the latent scale factor")
+    if cfg.task.residual and not cfg.task.residual_scale:
+        cfg.task.residual_scale = _residual_scale(cfg, shards, model)
     return resolve(cfg, model.latent_channels, cfg.data.size // model.factor), model, True
+
+
+def _residual_scale(cfg: DiffusionRecipe, shards: list[str], model) -> float:
+    """1 / std of what a residual super-resolution model denoises (task.residual), on the training data."""
+    def encode(x):
+        return model.encode(x).float() * cfg.first_stage.scale_factor
+
+    batches = eval_loader(shards, batch_size=32, size=cfg.data.size)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    return measure_scale((training_inputs(cfg.task, b["image"], encode, gen)[0] for b in batches), "the residual scale")
 
 
 def train_diffusion(

@@ -5,6 +5,7 @@ Pixel space (the paper's LDM-1) is the identity with factor 1, so one code path 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -34,15 +35,15 @@ def load_first_stage(ae_dir: str | Path, device: torch.device | str = "cpu") -> 
 
 
 @torch.no_grad()
-def measure_scale_factor(first_stage: nn.Module, batches, max_images: int = 512) -> float:
-    """1 / std of the unscaled latents over up to `max_images` images (not just the first batch)."""
+def measure_scale(latents: Iterable[torch.Tensor], what: str, max_images: int = 512) -> float:
+    """1 / std of latent batches over up to `max_images` images (not just the first batch)."""
     total, sq, n = 0.0, 0.0, 0
-    for batch in batches:
-        z = first_stage.encode(batch["image"]).double()
+    for z in latents:
+        z = z.double()
         total, sq, n = total + z.sum().item(), sq + z.square().sum().item(), n + z.numel()
         if n >= max_images * z[0].numel():
             break
     if n == 0:
-        raise UserError("no images to measure the latent scale factor on")
+        raise UserError(f"no images to measure {what} on")
     std = (sq / n - (total / n) ** 2) ** 0.5
     return 1.0 / max(std, 1e-8)

@@ -27,12 +27,20 @@ class TaskConfig:
     noise_levels during training (level k keeps sqrt(alpha_bar_k) of the signal on a linear 1e-4..0.02
     schedule over 1000 steps, as diffusers' x4 upscaler) and tells the UNet the level, so at sampling a
     small level hides the input's artefacts.
+
+    residual (sr): the model denoises the difference between the target's latent and the latent of the
+    low-resolution input upsampled bicubically, times residual_scale (1 / its std, measured before training
+    when 0), and sampling adds that latent back. The low frequencies then come from the input, which an
+    autoencoder with residual shortcuts carries almost unchanged into its latent (the difference is a few
+    percent of the latent's std), so the model spends its capacity on the detail the input lacks.
     """
 
     kind: Literal["generate", "sr", "inpaint"] = "generate"
     scale: int = 4
     degradation: Literal["bicubic", "blind"] = "bicubic"
     noise_levels: int = 0
+    residual: bool = False
+    residual_scale: float = 0.0
 
 
 def check(task: TaskConfig) -> None:
@@ -43,6 +51,10 @@ def check(task: TaskConfig) -> None:
             raise UserError(f"task.scale must be at least 2, got {task.scale}")
         if task.degradation not in DEGRADATIONS:
             raise UserError(f"unknown task.degradation '{task.degradation}' (choose from {', '.join(DEGRADATIONS)})")
+    if task.residual and task.kind != "sr":
+        raise UserError(f"task.residual is for super-resolution (task.kind = 'sr'), not '{task.kind}'")
+    if task.residual_scale < 0:
+        raise UserError(f"task.residual_scale must be positive (0: measured), got {task.residual_scale}")
     if not 0 <= task.noise_levels <= 1000:
         raise UserError(f"task.noise_levels must lie in [0, 1000], got {task.noise_levels}")
 
@@ -69,6 +81,13 @@ def sr_inputs(low: torch.Tensor, latent_hw: tuple[int, int], level: torch.Tensor
     return {"concat": noisy, "level": level}
 
 
+def sr_base(low: torch.Tensor, size: tuple[int, int], encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """What a residual super-resolution model's output is added to: the (scaled) latent of the
+    low-resolution images upsampled bicubically to the output size."""
+    up = F.interpolate(low, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+    return encode(up).float()
+
+
 def inpaint_inputs(image: torch.Tensor, mask: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor]) -> dict:
     """UNet inputs for images in [-1, 1] and masks (B, 1, H, W), 1 = generate: the mask on the latent grid
     and the (scaled) latent of the image with the masked part set to grey. A latent cell is to be generated
@@ -91,6 +110,8 @@ def training_inputs(task: TaskConfig, images: torch.Tensor, encode: Callable[[to
             if task.noise_levels:
                 levels = torch.randint(task.noise_levels, (len(images),), generator=gen) if level is None else torch.full((len(images),), level)
                 levels = levels.to(images.device)
+            if task.residual:
+                z = (z.float() - sr_base(low, tuple(images.shape[-2:]), encode)) * (task.residual_scale or 1.0)
             return z, sr_inputs(low, tuple(z.shape[-2:]), levels, gen), low
         if task.kind == "inpaint":
             masks = random_masks(len(images), images.shape[-1], gen).to(images.device)
