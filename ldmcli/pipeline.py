@@ -196,11 +196,11 @@ class Pipeline:
                 z = tiled_encode(fs, images, self.s.tile * self.factor, self.s.tile // 4 * self.factor)
             else:
                 z = fs.encode(images)
-        return self.model.recipe.first_stage.normalize(z)
+        return z.float() * self.model.scale_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         fs = self.model.first_stage
-        z = self.model.recipe.first_stage.denormalize(z)
+        z = z / self.model.scale_factor
         with torch.no_grad(), self._autocast():
             out = tiled_decode(fs, z, self.s.tile, self.s.tile // 4) if self._large(max(z.shape[-2:])) else fs.decode(z)
         return out.float().clamp(-1, 1)

@@ -4,7 +4,6 @@ errors; and the model dir it writes, loaded back and sampled."""
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
 from conftest import run_cli
@@ -13,8 +12,6 @@ from ldmcli.autoencoder.config import KIND as AE_KIND
 from ldmcli.autoencoder.config import AutoencoderConfig
 from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.diffusion import model as M
-from ldmcli.diffusion.config import FirstStageConfig
-from ldmcli.diffusion.first_stage import channel_moments, scale_from_moments
 from ldmcli.diffusion.guidance import guided_denoiser
 from ldmcli.diffusion.samplers import sample_ddim, spaced_timesteps
 from ldmcli.modeldir import save_model_dir
@@ -57,7 +54,7 @@ def test_pixel_class_model_trains_previews_and_exports_a_loadable_model(digits_s
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000002.png", "step_000004.png"]
     saved = json.loads((run / "model" / "config.json").read_text())
     assert saved["kind"] == "diffusion"
-    assert saved["config"]["first_stage"] == {"autoencoder": "", "scale_factor": 1.0, "center": False, "shift": [], "channels": 3, "size": 16}
+    assert saved["config"]["first_stage"] == {"autoencoder": "", "scale_factor": 1.0, "channels": 3, "size": 16}
     assert saved["config"]["unet"]["in_channels"] == 3
     model = M.load(run / "model")
     denoise = guided_denoiser(model.unet, model.cond(torch.tensor([1, 7])), model.cond(model.cond.null(2)), 2.0)
@@ -100,31 +97,6 @@ def test_cached_latents_use_stats_scale_and_name_the_autoencoder(latents, tiny_a
     assert (run / "model" / fs["autoencoder"]).resolve() == tiny_ae.resolve()  # relative to the model dir
     assert (run / "samples" / "step_000002.png").is_file()  # decoded through the autoencoder: 16 px images
     assert M.load(run / "model").first_stage.factor == 2
-
-
-def test_centred_latents_shift_by_channel_means_from_stats_or_measured_alike(latents, digits_shards, tiny_ae, tmp_path):
-    args = [*TINY, "--set", "train.steps=1", "--set", "unet.channel_mult=[1]", "--set", "first_stage.center=true"]
-    assert run_cli("train-diffusion", latents, "--out", tmp_path / "cached", *args).exit_code == 0
-    assert run_cli("train-diffusion", digits_shards, "--ae", tiny_ae, "--out", tmp_path / "fly", *args,
-                   "--set", "conditioner.kind=class").exit_code == 0
-    stats = json.loads((latents / "stats.json").read_text())
-    cached, fly = (json.loads((tmp_path / r / "config.json").read_text())["config"]["first_stage"] for r in ("cached", "fly"))
-    assert cached["shift"] == pytest.approx(stats["channel_mean"])
-    within = np.sqrt(np.mean(np.square(stats["channel_std"])))
-    assert cached["scale_factor"] == pytest.approx(1 / within) and cached["scale_factor"] > stats["scale_factor"]
-    # measured on the fly over the first 512 of the 600 images, by ldm encode over all of them
-    assert fly["shift"] == pytest.approx(cached["shift"], abs=1e-2) and fly["scale_factor"] == pytest.approx(cached["scale_factor"], rel=1e-2)
-
-
-def test_normalising_latents_centres_each_channel_and_is_undone_exactly():
-    z = torch.randn(64, 3, 4, 4) * torch.tensor([0.5, 1.0, 2.0]).view(1, 3, 1, 1) + torch.tensor([1.0, -2.0, 3.0]).view(1, 3, 1, 1)
-    mean, var = channel_moments([z[:32], z[32:]], "test")
-    fs = FirstStageConfig(scale_factor=scale_from_moments(mean, var, True), shift=mean)
-    x = fs.normalize(z)
-    assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
-    assert x.transpose(0, 1).flatten(1).var(1, unbiased=False).mean() == pytest.approx(1.0, rel=1e-5)
-    assert torch.allclose(fs.denormalize(x), z, atol=1e-5)
-    assert scale_from_moments(mean, var, False) == pytest.approx(1 / z.std(unbiased=False).item(), rel=1e-5)
 
 
 def test_images_encoded_on_the_fly_with_ae(digits_shards, tiny_ae, tmp_path):

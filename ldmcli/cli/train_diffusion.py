@@ -12,7 +12,7 @@ from ldmcli.autoencoder.latents import STATS_FILE, check_stats, read_stats
 from ldmcli.cli.common import DEVICE, OUT, QUIET, RECIPE, RESUME, SET, prepare_run, run_training
 from ldmcli.data.reader import eval_loader, resolve_shards
 from ldmcli.diffusion.config import KIND, RUN_KIND, DiffusionRecipe
-from ldmcli.diffusion.first_stage import channel_moments, load_first_stage, scale_from_moments
+from ldmcli.diffusion.first_stage import load_first_stage, measure_scale
 from ldmcli.diffusion.image_cond import TASKS, training_inputs
 from ldmcli.diffusion.model import resolve
 from ldmcli.diffusion.task import DiffusionTask
@@ -45,9 +45,6 @@ def _first_stage(cfg: DiffusionRecipe, shards: list[str], ae: Path | None):
             raise UserError(f"task {cfg.task.kind} builds its inputs from images: give image shards (with --ae), not latents")
         stats = read_stats(latent_dir)
         fs.autoencoder = _latents_autoencoder(stats, latent_dir, ae or (Path(fs.autoencoder) if fs.autoencoder else None))
-        if fs.center and not fs.shift:
-            fs.shift = [float(m) for m in stats["channel_mean"]]
-            fs.scale_factor = fs.scale_factor or scale_from_moments(fs.shift, [s * s for s in stats["channel_std"]], True)
         fs.scale_factor = fs.scale_factor or float(stats["scale_factor"])
         shape = stats.get("latent_shape")
         if not shape or shape[1] != shape[2]:
@@ -58,15 +55,12 @@ def _first_stage(cfg: DiffusionRecipe, shards: list[str], ae: Path | None):
     model = load_first_stage(fs.autoencoder or "")
     if cfg.data.size % model.factor:
         raise UserError(f"data.size {cfg.data.size} is not a multiple of the autoencoder's factor {model.factor}")
-    if fs.center and not fs.shift:
-        mean, var = channel_moments((model.encode(b["image"]) for b in eval_loader(shards, batch_size=32, size=cfg.data.size)), "the latents' means")
-        fs.shift, fs.scale_factor = mean, fs.scale_factor or scale_from_moments(mean, var, True)
     if not fs.autoencoder:
         fs.scale_factor = fs.scale_factor or 1.0
     elif not fs.scale_factor:
         known = model.config.scaling_factor
         batches = eval_loader(shards, batch_size=32, size=cfg.data.size)
-        fs.scale_factor = known or scale_from_moments(*channel_moments((model.encode(b["image"]) for b in batches), "the latent scale factor"), False)
+        fs.scale_factor = known or measure_scale((model.encode(b["image"]) for b in batches), "the latent scale factor")
     if cfg.task.residual and not cfg.task.residual_scale:
         cfg.task.residual_scale = _residual_scale(cfg, shards, model)
     return resolve(cfg, model.latent_channels, cfg.data.size // model.factor), model, True
@@ -75,12 +69,11 @@ def _first_stage(cfg: DiffusionRecipe, shards: list[str], ae: Path | None):
 def _residual_scale(cfg: DiffusionRecipe, shards: list[str], model) -> float:
     """1 / std of what a residual super-resolution model denoises (task.residual), on the training data."""
     def encode(x):
-        return cfg.first_stage.normalize(model.encode(x))
+        return model.encode(x).float() * cfg.first_stage.scale_factor
 
     batches = eval_loader(shards, batch_size=32, size=cfg.data.size)
     gen = torch.Generator().manual_seed(cfg.train.seed)
-    residuals = (training_inputs(cfg.task, b["image"], encode, gen)[0] for b in batches)
-    return scale_from_moments(*channel_moments(residuals, "the residual scale"), False)
+    return measure_scale((training_inputs(cfg.task, b["image"], encode, gen)[0] for b in batches), "the residual scale")
 
 
 def train_diffusion(

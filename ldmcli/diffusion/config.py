@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from ldmcli.config import DataConfig, TrainConfig
 from ldmcli.diffusion.conditioning import ConditionerConfig
 from ldmcli.diffusion.image_cond import TaskConfig
@@ -20,33 +18,12 @@ RUN_KIND = "diffusion-run"
 @dataclass
 class FirstStageConfig:
     """autoencoder: its model dir ("" = pixel space, the paper's LDM-1). scale_factor 0 = from the
-    latent shards' stats.json (or measured on the fly with --ae); channels/size 0 = filled in at start.
-
-    center: subtract the latents' per-channel means (`shift`, found where the scale factor is) before
-    scaling, and scale by the pooled within-channel std, as EDM2 normalises SD's latents (SD3 subtracts
-    one shift for all channels). An autoencoder with residual shortcuts has latents near the image's
-    colours, whose mean (about 0.76 on the demo's light scenes) is 2.4 of their std: uncentred, the
-    diffusion spends its noise levels on that offset."""
+    latent shards' stats.json (or measured on the fly with --ae); channels/size 0 = filled in at start."""
 
     autoencoder: str = ""
     scale_factor: float = 0.0
-    center: bool = False
-    shift: list[float] = field(default_factory=list)
     channels: int = 0
     size: int = 0
-
-    def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        """Autoencoder latents to what the diffusion model sees."""
-        z = z.float()
-        if self.shift:
-            z = z - torch.tensor(self.shift, device=z.device).view(-1, 1, 1)
-        return z * self.scale_factor
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / self.scale_factor
-        if self.shift:
-            x = x + torch.tensor(self.shift, device=x.device).view(-1, 1, 1)
-        return x
 
 
 @dataclass

@@ -35,24 +35,15 @@ def load_first_stage(ae_dir: str | Path, device: torch.device | str = "cpu") -> 
 
 
 @torch.no_grad()
-def channel_moments(latents: Iterable[torch.Tensor], what: str, max_images: int = 512) -> tuple[list[float], list[float]]:
-    """Per-channel mean and variance of latent batches (B, C, ...) over up to `max_images` images (not
-    just the first batch)."""
-    total, sq, n, images = 0.0, 0.0, 0, 0
+def measure_scale(latents: Iterable[torch.Tensor], what: str, max_images: int = 512) -> float:
+    """1 / std of latent batches over up to `max_images` images (not just the first batch)."""
+    total, sq, n = 0.0, 0.0, 0
     for z in latents:
-        images += len(z)
-        z = z.double().transpose(0, 1).flatten(1)
-        total, sq, n = total + z.sum(1), sq + z.square().sum(1), n + z.shape[1]
-        if images >= max_images:
+        z = z.double()
+        total, sq, n = total + z.sum().item(), sq + z.square().sum().item(), n + z.numel()
+        if n >= max_images * z[0].numel():
             break
     if n == 0:
         raise UserError(f"no images to measure {what} on")
-    mean = total / n
-    return mean.tolist(), (sq / n - mean.square()).tolist()
-
-
-def scale_from_moments(mean: list[float], var: list[float], centred: bool) -> float:
-    """1 / std of the latents: within channels when each channel is centred, else around the overall mean."""
-    m, v = torch.tensor(mean, dtype=torch.float64), torch.tensor(var, dtype=torch.float64)
-    total = v.mean() if centred else (v + m.square()).mean() - m.mean().square()
-    return 1.0 / max(float(total.sqrt()), 1e-8)
+    std = (sq / n - (total / n) ** 2) ** 0.5
+    return 1.0 / max(std, 1e-8)

@@ -84,6 +84,10 @@ class DiffusionModel:
     def prediction(self) -> str:
         return self.recipe.schedule.prediction
 
+    @property
+    def scale_factor(self) -> float:
+        return self.recipe.first_stage.scale_factor
+
 
 def load(model_dir: Path | str, device: torch.device | str = "cpu", use_ema: bool = True) -> DiffusionModel:
     model_dir = Path(model_dir)

@@ -49,12 +49,12 @@ class DiffusionTask(TrainTask):
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         self.first_stage.to(images.device)
         with torch.no_grad():
-            return self.recipe.first_stage.normalize(self.first_stage.encode(images))
+            return self.first_stage.encode(images).float() * self.recipe.first_stage.scale_factor
 
     def _latents(self, batch: dict, gen: torch.Generator | None = None, level: int | None = None) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
         """Scaled latents, the image-conditioned task's extra UNet inputs, and its conditioning image."""
         if self.cached_latents:
-            return self.recipe.first_stage.normalize(batch["latent"]), {}, None
+            return batch["latent"].float() * self.recipe.first_stage.scale_factor, {}, None
         return training_inputs(self.recipe.task, batch["image"], self._encode, gen, level)
 
     def _inputs(self, batch: dict):
@@ -127,7 +127,7 @@ class DiffusionTask(TrainTask):
         task = self.recipe.task
         if task.residual:
             z = z / task.residual_scale + sr_base(shown, tuple(batch["image"].shape[-2:]), self._encode)
-        images = self.first_stage.decode(fs.denormalize(z)).float().clamp(-1, 1)
+        images = self.first_stage.decode(z / fs.scale_factor).float().clamp(-1, 1)
         if shown is None:
             return images
         self.preview_nrow = n
