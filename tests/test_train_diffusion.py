@@ -54,7 +54,7 @@ def test_pixel_class_model_trains_previews_and_exports_a_loadable_model(digits_s
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000002.png", "step_000004.png"]
     saved = json.loads((run / "model" / "config.json").read_text())
     assert saved["kind"] == "diffusion"
-    assert saved["config"]["first_stage"] == {"autoencoder": "", "scale_factor": 1.0, "channels": 3, "size": 16}
+    assert saved["config"]["first_stage"] == {"autoencoder": "", "scale_factor": 1.0, "latent_std": 1.0, "channels": 3, "size": 16}
     assert saved["config"]["unet"]["in_channels"] == 3
     model = M.load(run / "model")
     denoise = guided_denoiser(model.unet, model.cond(torch.tensor([1, 7])), model.cond(model.cond.null(2)), 2.0)
@@ -99,6 +99,15 @@ def test_cached_latents_use_stats_scale_and_name_the_autoencoder(latents, tiny_a
     assert M.load(run / "model").first_stage.factor == 2
 
 
+def test_latent_std_scales_the_found_scale_factor_and_not_a_given_one(latents, tmp_path):
+    args = [*TINY, "--set", "train.steps=1", "--set", "unet.channel_mult=[1]", "--set", "first_stage.latent_std=0.6"]
+    assert run_cli("train-diffusion", latents, "--out", tmp_path / "found", *args).exit_code == 0
+    assert run_cli("train-diffusion", latents, "--out", tmp_path / "given", *args, "--set", "first_stage.scale_factor=2").exit_code == 0
+    stats = json.loads((latents / "stats.json").read_text())
+    found, given = (json.loads((tmp_path / r / "config.json").read_text())["config"]["first_stage"] for r in ("found", "given"))
+    assert found["scale_factor"] == pytest.approx(0.6 * stats["scale_factor"]) and given["scale_factor"] == 2
+
+
 def test_images_encoded_on_the_fly_with_ae(digits_shards, tiny_ae, tmp_path):
     run = tmp_path / "run"
     result = run_cli("train-diffusion", digits_shards, "--ae", tiny_ae, "--out", run, *TINY, "--set", "train.steps=2",
@@ -122,6 +131,7 @@ def test_resume_continues_from_the_checkpoint(digits_shards, tmp_path):
     (["--set", "conditioner.kind=text", "--set", "unet.attention=plain"], "needs unet.attention = 'transformer'"),
     (["--set", "unet.attention_levelz=[1]"], "unknown config key 'unet.attention_levelz'"),
     (["--set", "conditioner.kind=class", "--set", "preview.classes=[3,10]"], "preview.classes must lie in \\[0, 10\\)"),
+    (["--set", "first_stage.latent_std=0"], "first_stage.latent_std must be positive"),
 ])
 def test_user_errors_are_one_line(digits_shards, tmp_path, extra, message):
     result = run_cli("train-diffusion", digits_shards, "--out", tmp_path / "run", *TINY, "--set", "train.steps=1", *extra)

@@ -39,13 +39,15 @@ def _latents_autoencoder(stats: dict, latent_dir: Path, ae: Path | None) -> str:
 def _first_stage(cfg: DiffusionRecipe, shards: list[str], ae: Path | None):
     """(resolved recipe, first stage module, encode_images) for cached latents, --ae images, or pixels."""
     fs = cfg.first_stage
+    if fs.latent_std <= 0:
+        raise UserError(f"first_stage.latent_std must be positive, got {fs.latent_std}")
     latent_dir = _latent_dir(shards)
     if latent_dir is not None:
         if cfg.task.kind != "generate":
             raise UserError(f"task {cfg.task.kind} builds its inputs from images: give image shards (with --ae), not latents")
         stats = read_stats(latent_dir)
         fs.autoencoder = _latents_autoencoder(stats, latent_dir, ae or (Path(fs.autoencoder) if fs.autoencoder else None))
-        fs.scale_factor = fs.scale_factor or float(stats["scale_factor"])
+        fs.scale_factor = fs.scale_factor or float(stats["scale_factor"]) * fs.latent_std
         shape = stats.get("latent_shape")
         if not shape or shape[1] != shape[2]:
             raise UserError(f"the latents in {latent_dir} are not all one square shape ({shape}); encode them at one --size")
@@ -60,7 +62,8 @@ def _first_stage(cfg: DiffusionRecipe, shards: list[str], ae: Path | None):
     elif not fs.scale_factor:
         known = model.config.scaling_factor
         batches = eval_loader(shards, batch_size=32, size=cfg.data.size)
-        fs.scale_factor = known or measure_scale((model.encode(b["image"]) for b in batches), "the latent scale factor")
+        measured = known or measure_scale((model.encode(b["image"]) for b in batches), "the latent scale factor")
+        fs.scale_factor = measured * fs.latent_std
     if cfg.task.residual and not cfg.task.residual_scale:
         cfg.task.residual_scale = _residual_scale(cfg, shards, model)
     return resolve(cfg, model.latent_channels, cfg.data.size // model.factor), model, True
