@@ -19,7 +19,7 @@ from ldmcli.autoencoder.tiling import tiled_decode, tiled_encode
 from ldmcli.diffusion import parametrization as P
 from ldmcli.diffusion.first_stage import IdentityFirstStage
 from ldmcli.diffusion.guidance import guided_denoiser
-from ldmcli.diffusion.image_cond import inpaint_inputs, sr_base, sr_inputs
+from ldmcli.diffusion.image_cond import from_residual, inpaint_inputs, sr_inputs
 from ldmcli.diffusion.layout import Layout
 from ldmcli.diffusion.model import DiffusionModel
 from ldmcli.diffusion.samplers import SAMPLERS, Denoiser, alpha_bar_at, karras_timesteps, randn, spaced_timesteps
@@ -276,7 +276,7 @@ class Pipeline:
         z = SAMPLERS[s.sampler].fn(denoise, x, timesteps, model.alphas_cumprod, model.prediction, generator=gens, callback=callback)
         task = model.recipe.task
         if task.residual:
-            z = z / task.residual_scale + sr_base(low.to(self.device), (s.height, s.width), self.encode).expand(shape)
+            z = from_residual(task, z, low.to(self.device), (s.height, s.width), self.encode).expand(shape)
         images = self.decode(z)
         if self.task == "inpaint":
             images = paste_known(images, init.to(self.device), mask.to(self.device).float())

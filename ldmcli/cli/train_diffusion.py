@@ -3,6 +3,7 @@ encoded on the fly through an autoencoder, or on pixels (the paper's LDM-1)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -76,7 +77,8 @@ def _residual_scale(cfg: DiffusionRecipe, shards: list[str], model) -> float:
 
     batches = eval_loader(shards, batch_size=32, size=cfg.data.size)
     gen = torch.Generator().manual_seed(cfg.train.seed)
-    return measure_scale((training_inputs(cfg.task, b["image"], encode, gen)[0] for b in batches), "the residual scale")
+    unscaled = dataclasses.replace(cfg.task, residual_scale=1.0)
+    return measure_scale((training_inputs(unscaled, b["image"], encode, gen)[0] for b in batches), "the residual scale")
 
 
 def train_diffusion(

@@ -88,6 +88,12 @@ def sr_base(low: torch.Tensor, size: tuple[int, int], encode: Callable[[torch.Te
     return encode(up).float()
 
 
+def from_residual(task: TaskConfig, z: torch.Tensor, low: torch.Tensor, size: tuple[int, int],
+                  encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """A residual super-resolution model's sample back to a latent: unscaled, plus the input's latent."""
+    return z / task.residual_scale + sr_base(low, size, encode)
+
+
 def inpaint_inputs(image: torch.Tensor, mask: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor]) -> dict:
     """UNet inputs for images in [-1, 1] and masks (B, 1, H, W), 1 = generate: the mask on the latent grid
     and the (scaled) latent of the image with the masked part set to grey. A latent cell is to be generated
@@ -111,7 +117,7 @@ def training_inputs(task: TaskConfig, images: torch.Tensor, encode: Callable[[to
                 levels = torch.randint(task.noise_levels, (len(images),), generator=gen) if level is None else torch.full((len(images),), level)
                 levels = levels.to(images.device)
             if task.residual:
-                z = (z.float() - sr_base(low, tuple(images.shape[-2:]), encode)) * (task.residual_scale or 1.0)
+                z = (z.float() - sr_base(low, tuple(images.shape[-2:]), encode)) * task.residual_scale
             return z, sr_inputs(low, tuple(z.shape[-2:]), levels, gen), low
         if task.kind == "inpaint":
             masks = random_masks(len(images), images.shape[-1], gen).to(images.device)

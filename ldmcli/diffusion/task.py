@@ -12,7 +12,7 @@ from torch import nn
 from ldmcli.diffusion import model as M
 from ldmcli.diffusion.config import DiffusionRecipe
 from ldmcli.diffusion.guidance import guided_denoiser
-from ldmcli.diffusion.image_cond import sr_base, training_inputs
+from ldmcli.diffusion.image_cond import from_residual, training_inputs
 from ldmcli.diffusion.objective import diffusion_loss
 from ldmcli.diffusion.samplers import sample_ddim, spaced_timesteps
 from ldmcli.diffusion.schedule import alphas_cumprod
@@ -126,7 +126,7 @@ class DiffusionTask(TrainTask):
         self.first_stage.to(device)
         task = self.recipe.task
         if task.residual:
-            z = z / task.residual_scale + sr_base(shown, tuple(batch["image"].shape[-2:]), self._encode)
+            z = from_residual(task, z, shown, tuple(batch["image"].shape[-2:]), self._encode)
         images = self.first_stage.decode(z / fs.scale_factor).float().clamp(-1, 1)
         if shown is None:
             return images
