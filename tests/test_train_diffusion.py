@@ -132,6 +132,7 @@ def test_resume_continues_from_the_checkpoint(digits_shards, tmp_path):
     (["--set", "unet.attention_levelz=[1]"], "unknown config key 'unet.attention_levelz'"),
     (["--set", "conditioner.kind=class", "--set", "preview.classes=[3,10]"], "preview.classes must lie in \\[0, 10\\)"),
     (["--set", "first_stage.latent_std=0"], "first_stage.latent_std must be positive"),
+    (["--set", "first_stage.latent_std=0.5"], "first_stage.latent_std applies to latents"),
 ])
 def test_user_errors_are_one_line(digits_shards, tmp_path, extra, message):
     result = run_cli("train-diffusion", digits_shards, "--out", tmp_path / "run", *TINY, "--set", "train.steps=1", *extra)

@@ -59,6 +59,8 @@ def _first_stage(cfg: DiffusionRecipe, shards: list[str], ae: Path | None):
     if cfg.data.size % model.factor:
         raise UserError(f"data.size {cfg.data.size} is not a multiple of the autoencoder's factor {model.factor}")
     if not fs.autoencoder:
+        if fs.latent_std != 1:
+            raise UserError("first_stage.latent_std applies to latents; a pixel-space model takes first_stage.scale_factor")
         fs.scale_factor = fs.scale_factor or 1.0
     elif not fs.scale_factor:
         known = model.config.scaling_factor

@@ -20,10 +20,10 @@ class FirstStageConfig:
     """autoencoder: its model dir ("" = pixel space, the paper's LDM-1). scale_factor 0 = from the
     latent shards' stats.json (or measured on the fly with --ae); channels/size 0 = filled in at start.
 
-    latent_std: the std that scale factor brings the latents to (the paper's 1). Below 1 it shifts every
-    noise level toward noise (SNR times latent_std^2), for latents that keep their structure through the
-    schedule's top levels: the demo's 16x16 latents through the shortcut autoencoder missed small objects
-    at 1 (single object / colour 82% / 83%) and drew them at 0.6 (98% / 98%)."""
+    latent_std: the std the scale factor found (stats.json, measured, or the autoencoder's own) brings the
+    latents to, the paper's 1; a given scale_factor is used as is. Below 1 it shifts every noise level toward
+    noise (SNR times latent_std^2), for latents that keep their structure through the schedule's top levels:
+    the demo's, through the shortcut autoencoder (README's demo section)."""
 
     autoencoder: str = ""
     scale_factor: float = 0.0
