@@ -79,11 +79,32 @@ class Downsample(nn.Module):
         return self.conv(x)
 
 
-def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
-    """F.interpolate(x, scale_factor=2, mode="nearest") as one strided copy: interpolate's CPU kernel is
-    several times slower, enough to show in an autoencoder decoder's profile."""
-    b, c, h, w = x.shape
-    return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+# From this many input pixels on, the sub-pixel form of upsample-then-conv is faster on the CPU (2.5x at
+# 32x32 x 64 channels in bf16, 1.35x at 16x16); below it the fixed cost of its extra ops dominates.
+_SUBPIXEL_MIN_PIXELS = 256
+
+
+def _subpixel_taps(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """A 3-tap kernel axis seen from the low-resolution grid: output parity 0 reads rows (i-1, i) with taps
+    (w0, w1+w2), parity 1 reads rows (i, i+1) with (w0+w1, w2); the parities are stacked first."""
+    w0, w1, w2 = w.unbind(dim)
+    return torch.stack([torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)])
+
+
+def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """conv3x3(nearest_upsample_2x(x)) without the upsampled input: each of the four output parities is a
+    2x2 conv of x, so the same result costs 16/36 of the multiply-adds (exact up to rounding)."""
+    b, _, h, w = x.shape
+    o = weight.shape[0]
+    rows = _subpixel_taps(weight, 2)  # (2, O, C, 2, 3)
+    taps = _subpixel_taps(rows, 4).permute(1, 0, 2, 3, 4, 5)  # (2 row parities, 2 col parities, O, C, 2, 2)
+    y = F.conv2d(F.pad(x, (1, 1, 1, 1)), taps.flatten(0, 2), None if bias is None else bias.repeat(4))
+    y = y.unflatten(1, (2, 2, o))
+    out = y.new_empty(b, o, h, 2, w, 2)
+    for pr in (0, 1):
+        for pc in (0, 1):
+            out[:, :, :, pr, :, pc] = y[:, pr, pc, :, pr : pr + h, pc : pc + w]
+    return out.reshape(b, o, 2 * h, 2 * w)
 
 
 class Upsample(nn.Module):
@@ -94,7 +115,9 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(upsample_nearest2x(x))
+        if x.shape[-2] * x.shape[-1] >= _SUBPIXEL_MIN_PIXELS:
+            return upsample_conv(x, self.conv.weight, self.conv.bias)
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 class SelfAttention2d(nn.Module):
