@@ -14,7 +14,7 @@ from torch import nn
 from ldmcli.autoencoder.config import AutoencoderConfig
 from ldmcli.autoencoder.quantize import VectorQuantizer
 from ldmcli.errors import UserError
-from ldmcli.nn.blocks import Downsample, ResBlock, SelfAttention2d, Upsample, norm
+from ldmcli.nn.blocks import Downsample, ResBlock, SelfAttention2d, Upsample, conv_layout, norm
 
 
 class Level(nn.Module):
@@ -27,6 +27,7 @@ class Level(nn.Module):
         self.resample = resample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = conv_layout(x)
         for i, block in enumerate(self.blocks):
             x = block(x)
             if self.attns is not None:
@@ -62,7 +63,7 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(c_in, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+        h = self.conv_in(conv_layout(x))
         for level in self.down:
             h = level(h)
         return self.conv_out(F.silu(self.norm_out(self.mid(h))))

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ldmcli.nn.attention import AttentionBlock, SpatialTransformer
-from ldmcli.nn.blocks import Downsample, ResBlock, Upsample, norm, zero_module
+from ldmcli.nn.blocks import Downsample, ResBlock, Upsample, conv_layout, norm, zero_module
 from ldmcli.nn.embeddings import timestep_embedding
 
 
@@ -130,7 +130,7 @@ class UNet(nn.Module):
     def _run(self, stage: _Stage, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(stage, x, emb, context, use_reentrant=False)
-        return stage(x, emb, context)
+        return stage(conv_layout(x), emb, context)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None, y: torch.Tensor | None = None,
                 concat: torch.Tensor | None = None, level: torch.Tensor | None = None) -> torch.Tensor:
@@ -146,7 +146,7 @@ class UNet(nn.Module):
             emb = emb + y
         if self.level_embed is not None:
             emb = emb + self.level_embed(level.long().expand(x.shape[0]) if level is not None else torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
-        h = self.conv_in(x if concat is None else torch.cat([x, concat.to(x.dtype)], dim=1))
+        h = self.conv_in(conv_layout(x if concat is None else torch.cat([x, concat.to(x.dtype)], dim=1)))
         hs = [h]
         for stage in self.down:
             h = self._run(stage, h, emb, context)
