@@ -34,3 +34,26 @@ def test_upsample_module_agrees_on_both_paths_in_bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = up(x).float()
         assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_inference_layout_gives_the_training_layout_numbers():
+    """Without gradients, maps from 32x32 on run channels-last (and the sub-pixel upsample writes so);
+    the numbers are those of the NCHW path that training takes."""
+    from ldmcli.autoencoder.config import AutoencoderConfig
+    from ldmcli.autoencoder.model import Autoencoder
+    from ldmcli.diffusion.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(channels=8, channel_mult=[1, 2, 2], num_res_blocks=1, attn_factors=[4]))
+    unet = UNet(UNetConfig(in_channels=3, out_channels=3, model_channels=16, channel_mult=[1, 2], attention_levels=[2]))
+    for p in unet.conv_out.parameters():
+        torch.nn.init.normal_(p)  # zero-initialised, it would hide the UNet's body
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    t = torch.tensor([10, 500])
+    z = ae.encode(x)
+    with torch.no_grad():
+        fast = [ae.encode(x), ae.decode(z), unet(x, t)]
+    slow = [ae.encode(x), ae.decode(z), unet(x, t)]
+    assert fast[1].is_contiguous(memory_format=torch.channels_last) and slow[1].is_contiguous()
+    for a, b in zip(fast, slow):
+        assert (a - b.detach()).abs().max() < 1e-5 * b.abs().max()  # fp32 rounding only
