@@ -1,4 +1,5 @@
-"""The sub-pixel upsample-conv against its definition: nearest x2 upsampling, then a padded 3x3 conv."""
+"""The sub-pixel upsample-conv against its definition (nearest x2 upsampling, then a padded 3x3 conv), and
+inference's channels-last layout against training's NCHW numbers."""
 
 import pytest
 import torch

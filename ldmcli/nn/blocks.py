@@ -21,9 +21,9 @@ def norm(channels: int, groups: int = 32, eps: float = 1e-6) -> nn.GroupNorm:
 
 
 # In inference, oneDNN's CPU convolutions skip a reorder of every output on channels-last maps, which
-# pays from about 32x32 on (KL-f4 decode at 64 px, bf16: 1.7x); smaller maps run faster in NCHW. With
-# gradients, channels-last GroupNorm and convolution backward are slower (a KL-f4 training step on 32 px
-# crops: 385 -> 524 ms), so training keeps NCHW.
+# pays from about 32x32 on (`python bench/autoencoder.py` shows it as the decode ratio against diffusers);
+# smaller maps run faster in NCHW. With gradients, channels-last GroupNorm and convolution backward are
+# slower, so training keeps NCHW.
 _CHANNELS_LAST_MIN_PIXELS = 1024
 
 
@@ -97,8 +97,8 @@ class Downsample(nn.Module):
         return self.conv(x)
 
 
-# From this many input pixels on, the sub-pixel form of upsample-then-conv is faster on the CPU (2.5x at
-# 32x32 x 64 channels in bf16, 1.35x at 16x16); below it the fixed cost of its extra ops dominates.
+# From this many input pixels on, the sub-pixel form of upsample-then-conv is faster on the CPU (it skips
+# 20 of 36 multiply-adds); below it the fixed cost of its extra ops dominates.
 # GPUs keep interpolate + conv, the form measured there by everyone else.
 _SUBPIXEL_MIN_PIXELS = 256
 
