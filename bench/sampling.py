@@ -4,12 +4,16 @@ bench/unet_train.py (batch 32, no grad, bf16 autocast and fp32, alternated, best
 
 Takes `--model DIR`, or trains a throwaway model of recipes/dm-pixel-digits.toml for one step in a temp
 dir (its speed is the architecture's; its weights do not matter). Class-conditional with guidance, so
-every model call is one doubled batch. Prints `name: value` lines last; never asserts on time.
+every model call is one doubled batch. With --compile, both UNets are also timed under torch.compile
+with frozen weights (ldmcli.nn.compiled, what `ldm sample --compile` runs; bf16) from a cold inductor
+cache, with their compile seconds, and so is the sampler on the digits model. Prints `name: value`
+lines last; never asserts on time.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,6 +24,7 @@ import torch
 
 from ldmcli.diffusion import model as M
 from ldmcli.diffusion.samplers import SAMPLERS
+from ldmcli.nn.compiled import FrozenCompiled
 from ldmcli.pipeline import Pipeline, Settings
 from ldmcli.train.distributed import resolve_device
 from report import report
@@ -40,10 +45,13 @@ def throwaway_model(tmp: Path) -> Path:
     return tmp / "run" / "model"
 
 
-def images_per_s(model, device, sampler: str, steps: int, n: int, batch: int, dtype: str, repeats: int) -> float:
+def images_per_s(model, device, sampler: str, steps: int, n: int, batch: int, dtype: str, repeats: int,
+                 compiled: bool = False) -> float:
     """The best of `repeats` timings: on a shared machine the least disturbed run is the sampler's own speed."""
-    pipe = Pipeline(model, Settings(sampler=sampler, steps=steps, precision=dtype), device)
+    pipe = Pipeline(model, Settings(sampler=sampler, steps=steps, precision=dtype, compile=compiled), device)
     classes = [k % model.recipe.conditioner.num_classes for k in range(n)] if model.cond.key == "cls" else [None] * n
+    if compiled:
+        pipe(classes[:batch], list(range(batch)))  # the compile
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -62,6 +70,29 @@ def forward_rates(precision: str, repeats: int) -> list[float]:
                             x, precision, repeats)
 
 
+def compiled_forward_rates(repeats: int) -> dict:
+    """Both UNets eager and compiled with frozen weights (bf16), alternated; compile seconds from a cold cache."""
+    torch.manual_seed(0)
+    mine, diffusers_unet = ours().eval(), theirs().eval()
+    x, t, ctx, _ = batches(1, 0)[0]
+    fast_mine, fast_theirs = FrozenCompiled(mine), FrozenCompiled(diffusers_unet)
+    figures = {}
+    for name, model, which in (("ours", fast_mine, "ours"), ("diffusers", fast_theirs, "diffusers")):
+        start = time.perf_counter()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            forward(model, which, x, t, ctx)
+        figures[f"{name}_compile_s"] = round(time.perf_counter() - start, 1)
+    rates = alternated_rates([lambda b: forward(mine, "ours", b, t, ctx), lambda b: forward(diffusers_unet, "diffusers", b, t, ctx),
+                              lambda b: forward(fast_mine, "ours", b, t, ctx), lambda b: forward(fast_theirs, "diffusers", b, t, ctx)],
+                             x, "bf16", repeats)
+    for key, rate in zip(("ours_eager", "diffusers_eager", "ours_compiled", "diffusers_compiled"), rates):
+        figures[f"{key}_forward_img_per_s_bf16"] = round(rate, 1)
+    figures["compiled_speedup_vs_eager"] = round(rates[2] / rates[0], 3)
+    figures["compiled_speedup_vs_diffusers_eager"] = round(rates[2] / rates[1], 3)
+    figures["compiled_speedup_vs_diffusers_compiled"] = round(rates[2] / rates[3], 3)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, help="diffusion model dir (default: a throwaway dm-pixel-digits model)")
@@ -73,8 +104,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--forward-repeats", type=int, default=10, help="timed forwards per UNet against diffusers")
+    parser.add_argument("--compile", action="store_true", help="also time the compiled UNets and sampler (minutes of compiling)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
+    if args.compile:  # a cold inductor cache: the compile time is what a user first pays
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
 
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,6 +132,15 @@ def main() -> None:
     figures["forward_speedup_vs_diffusers"] = round(
         max(figures["ours_forward_img_per_s_bf16"], figures["ours_forward_img_per_s_fp32"])
         / max(figures["diffusers_forward_img_per_s_bf16"], figures["diffusers_forward_img_per_s_fp32"]), 3)
+    if args.compile:
+        name, steps = args.samplers[0], args.steps[0]
+        eager = images_per_s(model, device, name, steps, args.n, args.batch, "bf16", args.repeats)
+        start = time.perf_counter()
+        fast = images_per_s(model, device, name, steps, args.n, args.batch, "bf16", args.repeats, compiled=True)
+        figures[f"sampling_img_per_s_{name}_{steps}_compiled"] = round(fast, 3)
+        figures[f"sampling_compiled_speedup_{name}_{steps}"] = round(fast / eager, 3)
+        figures["sampling_compile_and_timing_s"] = round(time.perf_counter() - start, 1)
+        figures |= compiled_forward_rates(args.forward_repeats)
     report(figures, args.json)
 
 

@@ -26,6 +26,7 @@ from ldmcli.diffusion.samplers import SAMPLERS, Denoiser, alpha_bar_at, karras_t
 from ldmcli.diffusion.samplers.base import batch_t
 from ldmcli.diffusion.tiled import tiled_denoiser, windows
 from ldmcli.errors import UserError
+from ldmcli.nn.compiled import FrozenCompiled
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -36,7 +37,8 @@ class Settings:
     training size. strength: how much of an init image is re-noised (1 = all). tile: decode (and encode)
     in overlapping tiles of this many latent pixels when the latent is larger, and denoise so for
     super-resolution and inpainting models (0 = never). noise_level: the augmentation level a
-    super-resolution model trained with noise levels is told its low-resolution input has."""
+    super-resolution model trained with noise levels is told its low-resolution input has. compile: the
+    UNet through torch.compile with frozen weights (a one-off compile, then faster steps)."""
 
     sampler: str = "dpmpp_2m"
     steps: int = 25
@@ -51,6 +53,7 @@ class Settings:
     tile: int = 64
     precision: str = "bf16"
     noise_level: int = 0
+    compile: bool = False
 
 
 def inpaint_denoiser(denoise: Denoiser, known: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor,
@@ -94,6 +97,7 @@ class Pipeline:
         self.multiple = self.factor * model.unet.size_multiple
         self.kind = model.recipe.conditioner.kind
         self._check(s)
+        self._unet = FrozenCompiled(model.unet) if s.compile else model.unet
         ts = spaced_timesteps(len(model.alphas_cumprod), s.steps, s.spacing)
         self.timesteps = karras_timesteps(ts, model.alphas_cumprod) if s.karras else ts
         if s.guidance is None:
@@ -183,7 +187,7 @@ class Pipeline:
 
     def _net(self, x: torch.Tensor, t: torch.Tensor, **enc) -> torch.Tensor:
         with self._autocast():
-            return self.model.unet(x, t, **enc).float()
+            return self._unet(x, t, **enc).float()
 
     def _large(self, z_side: int) -> bool:
         return bool(self.s.tile) and not isinstance(self.model.first_stage, IdentityFirstStage) and z_side > self.s.tile

@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import run_cli, train
 from PIL import Image
+from torch._dynamo.utils import counters
 
 from ldmcli.autoencoder.config import KIND as AE_KIND
 from ldmcli.autoencoder.config import AutoencoderConfig
@@ -68,6 +69,18 @@ def test_every_sampler_runs_from_the_command_line(class_model, tmp_path):
         sample(class_model, tmp_path / name, "--class", "2", "--n", "1", "--sampler", name, "--steps", "2")
         assert Image.open(tmp_path / name / "00000.png").text["sampler"] == name
     sample(class_model, tmp_path / "k", "--class", "2", "--n", "1", "--sampler", "dpmpp_2m", "--steps", "3", "--karras")
+
+
+@pytest.mark.slow
+def test_compiled_unet_draws_the_eager_images_and_pads_the_short_last_batch(class_model, tmp_path):
+    args = ["--class", "4", "--n", "3", "--batch", "2", "--steps", "3", "--dtype", "fp32", "--seed", "2"]
+    sample(class_model, tmp_path / "eager", *args)
+    counters.clear()
+    result = sample(class_model, tmp_path / "compiled", *args, "--compile")
+    assert "compiling the UNet" in result.output
+    assert counters["stats"]["unique_graphs"] == 1  # one compile, no graph break, no recompile for the last batch
+    for name in ("00000.png", "00001.png", "00002.png"):  # the third went through a batch padded from 1 to 2
+        assert np.abs(pixels(tmp_path / "eager" / name) - pixels(tmp_path / "compiled" / name)).max() <= 2
 
 
 def test_text_prompts_from_options_and_a_file_with_a_negative_prompt(text_model, tmp_path):
