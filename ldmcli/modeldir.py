@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,16 @@ def save_model_dir(out_dir: Path, kind: str, config: Any, model: nn.Module, ema:
     if ema is not None:
         save_model(ema, str(out_dir / "ema.safetensors"))
     return out_dir
+
+
+def copy_model_dir(src: Path | str, dst: Path | str) -> Path:
+    """The files a model dir loads from (config and weights), copied into dst."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors", "ema.safetensors"):
+        if (Path(src) / name).is_file():
+            shutil.copy2(Path(src) / name, dst / name)
+    return dst
 
 
 def read_model_config(model_dir: Path, cls: type, kind: str) -> Any:

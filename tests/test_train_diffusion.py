@@ -3,6 +3,7 @@ errors; and the model dir it writes, loaded back and sampled."""
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.diffusion import model as M
 from ldmcli.diffusion.guidance import guided_denoiser
 from ldmcli.diffusion.samplers import sample_ddim, spaced_timesteps
-from ldmcli.modeldir import save_model_dir
+from ldmcli.modeldir import save_model_dir, weights_id
 
 TINY = [
     "--set", "unet.model_channels=8", "--set", "unet.channel_mult=[1,2]", "--set", "unet.num_res_blocks=1",
@@ -94,9 +95,24 @@ def test_cached_latents_use_stats_scale_and_name_the_autoencoder(latents, tiny_a
     stats = json.loads((latents / "stats.json").read_text())
     fs = json.loads((run / "model" / "config.json").read_text())["config"]["first_stage"]
     assert fs["scale_factor"] == pytest.approx(stats["scale_factor"]) and (fs["channels"], fs["size"]) == (2, 8)
-    assert (run / "model" / fs["autoencoder"]).resolve() == tiny_ae.resolve()  # relative to the model dir
+    assert fs["autoencoder"] == "autoencoder" and weights_id(run / "model" / "autoencoder") == weights_id(tiny_ae)  # a copy inside
     assert (run / "samples" / "step_000002.png").is_file()  # decoded through the autoencoder: 16 px images
     assert M.load(run / "model").first_stage.factor == 2
+
+
+def test_a_model_dir_moved_alone_still_samples(latents, tiny_ae, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train-diffusion", latents, "--out", run, *TINY, "--set", "train.steps=1", "--set", "unet.channel_mult=[1]").exit_code == 0
+    moved = shutil.move(run / "model", tmp_path / "elsewhere" / "model")
+    shutil.rmtree(run)
+    renamed = tiny_ae.with_name("gone")
+    tiny_ae.rename(renamed)
+    try:
+        result = run_cli("sample", "--model", moved, "--n", "1", "--steps", "1", "--out", tmp_path / "out")
+    finally:
+        renamed.rename(tiny_ae)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "00000.png").is_file()
 
 
 def test_latent_std_scales_the_found_scale_factor_and_not_a_given_one(latents, tmp_path):

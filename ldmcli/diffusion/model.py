@@ -1,14 +1,15 @@
 """Build a diffusion model from its recipe, save it to and load it from a model dir.
 
 A model dir holds config.json (the resolved DiffusionRecipe), model.safetensors (+ ema.safetensors)
-with the UNet and any trained conditioner under "unet." and "cond.", and names its autoencoder dir
-relative to itself. A frozen OpenCLIP tower is not copied: the config names its weights file.
+with the UNet and any trained conditioner under "unet." and "cond.", and a copy of its autoencoder's
+model dir in autoencoder/ (named relative to itself), so that it can be moved or shared on its own, as
+a diffusers pipeline carries its vae/. Older dirs that name an autoencoder elsewhere, relative or
+absolute, still load. A frozen OpenCLIP tower is not copied: the config names its weights file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ldmcli.diffusion.image_cond import check as check_task, concat_channels
 from ldmcli.diffusion.schedule import alphas_cumprod
 from ldmcli.diffusion.unet import UNet
 from ldmcli.errors import UserError
-from ldmcli.modeldir import load_weights, read_model_config, save_model_dir
+from ldmcli.modeldir import copy_model_dir, load_weights, read_model_config, save_model_dir
 
 
 def resolve(recipe: DiffusionRecipe, channels: int, size: int) -> DiffusionRecipe:
@@ -61,10 +62,16 @@ def weights_module(recipe: DiffusionRecipe, unet: UNet, cond: nn.Module) -> nn.M
     return nn.ModuleDict({"unet": unet, "cond": cond} if trained_with_unet(recipe) else {"unet": unet})
 
 
+AUTOENCODER_DIR = "autoencoder"
+
+
 def save(out_dir: Path, recipe: DiffusionRecipe, unet: UNet, cond: nn.Module, ema: dict[str, nn.Module]) -> Path:
     ae = recipe.first_stage.autoencoder
     if ae:
-        ae = os.path.relpath(Path(ae).resolve(), Path(out_dir).resolve())
+        copy = Path(out_dir) / AUTOENCODER_DIR
+        if Path(ae).resolve() != copy.resolve():
+            copy_model_dir(ae, copy)
+        ae = AUTOENCODER_DIR
     saved = dataclasses.replace(recipe, first_stage=dataclasses.replace(recipe.first_stage, autoencoder=ae))
     ema_module = weights_module(recipe, ema["unet"], ema.get("cond", cond)) if "unet" in ema else None
     return save_model_dir(out_dir, KIND, saved, weights_module(recipe, unet, cond), ema_module)
