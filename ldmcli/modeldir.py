@@ -26,12 +26,15 @@ def save_model_dir(out_dir: Path, kind: str, config: Any, model: nn.Module, ema:
 
 
 def copy_model_dir(src: Path | str, dst: Path | str) -> Path:
-    """The files a model dir loads from (config and weights), copied into dst."""
+    """The files a model dir loads from (config and weights), copied into dst; a file src lacks is
+    removed from dst, so a stale ema.safetensors is never loaded in place of the copied weights."""
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "model.safetensors", "ema.safetensors"):
         if (Path(src) / name).is_file():
             shutil.copy2(Path(src) / name, dst / name)
+        else:
+            (dst / name).unlink(missing_ok=True)
     return dst
 
 

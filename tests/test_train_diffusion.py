@@ -15,7 +15,7 @@ from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.diffusion import model as M
 from ldmcli.diffusion.guidance import guided_denoiser
 from ldmcli.diffusion.samplers import sample_ddim, spaced_timesteps
-from ldmcli.modeldir import save_model_dir, weights_id
+from ldmcli.modeldir import copy_model_dir, save_model_dir, weights_id
 
 TINY = [
     "--set", "unet.model_channels=8", "--set", "unet.channel_mult=[1,2]", "--set", "unet.num_res_blocks=1",
@@ -113,6 +113,16 @@ def test_a_model_dir_moved_alone_still_samples(latents, tiny_ae, tmp_path):
         renamed.rename(tiny_ae)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "00000.png").is_file()
+
+
+def test_the_autoencoder_copy_never_keeps_a_stale_ema_file(tiny_ae, tmp_path):
+    copy = tmp_path / "autoencoder"
+    copy.mkdir()
+    (copy / "ema.safetensors").write_bytes(b"weights of an autoencoder trained before")
+    assert not (tiny_ae / "ema.safetensors").exists()
+    copy_model_dir(tiny_ae, copy)
+    assert sorted(p.name for p in copy.iterdir()) == ["config.json", "model.safetensors"]
+    assert weights_id(copy) == weights_id(tiny_ae)
 
 
 def test_latent_std_scales_the_found_scale_factor_and_not_a_given_one(latents, tmp_path):
