@@ -6,6 +6,7 @@ import json
 import os
 import random
 import tarfile
+import warnings
 
 import numpy as np
 import pytest
@@ -134,15 +135,19 @@ def test_latents_of_the_wrong_shape_or_dtype_are_skipped(tmp_path):
     bad = {"shape": np.zeros((4, 3, 3), np.float16), "flat": np.zeros((4, 4), np.float32), "complex": good.astype(np.complex64),
            "bool": good.astype(bool), "text": np.array(["a", "b"]), "object": np.array([Trap(marker)], dtype=object)}
     samples = [{"__key__": k, "latent.npy": npy(v)} for k, v in bad.items()] + [{"__key__": "junk", "latent.npy": b"\x93NUMPY"}]
+    samples.append({"__key__": "escape", "latent.npy": npy(good).replace(b"'<f2'", b"'\\!2'")})  # numpy warns on this header
     samples += [{"__key__": "good0", "latent.npy": npy(good)}, {"__key__": "wide", "latent.npy": npy(good.astype(np.float64))}]
     write_tar(tmp_path / "l-000000.tar", samples)
     loader = eval_loader([str(tmp_path)], batch_size=8, required=("latent",), latent_shape=(4, 2, 2))
-    assert keys_and_skips(loader) == (["good0", "wide"], 7)
-    stream = TrainStream([str(tmp_path)], batch_size=2, size=None, num_workers=0, shuffle_buffer=0, epoch_samples=9,
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert keys_and_skips(loader) == (["good0", "wide"], 8)
+    assert not caught, [str(w.message) for w in caught]
+    stream = TrainStream([str(tmp_path)], batch_size=2, size=None, num_workers=0, shuffle_buffer=0, epoch_samples=10,
                          required=("latent",), latent_shape=(4, 2, 2))
     first = next(iter(stream))
     assert first["latent"].shape == (2, 4, 2, 2) and first["latent"].dtype == torch.float32
-    assert first["n_skipped"] == stream.skipped == 7
+    assert first["n_skipped"] == stream.skipped == 8
     assert not marker.exists()
 
 

@@ -92,8 +92,12 @@ def decode_image(data: bytes, *, size: int | None, crop: str, flip: bool, rng: r
 
 
 def decode_latent(data: bytes, shape: Sequence[int] | None = None) -> torch.Tensor:
-    """A CxHxW numeric array (never unpickled), of `shape` when one is expected."""
-    array = np.load(io.BytesIO(data), allow_pickle=False)
+    """A CxHxW numeric array (never unpickled), of `shape` when one is expected. numpy parses the header
+    with ast.literal_eval, which warns about a damaged header's stray backslashes before refusing it; the
+    refusal is what counts (a skipped sample), so the warning is not passed on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
+        array = np.load(io.BytesIO(data), allow_pickle=False)
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
         raise CorruptSample("latent.npy does not hold a numeric array")
     if array.ndim != 3 or (shape is not None and array.shape != tuple(shape)):
