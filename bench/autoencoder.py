@@ -25,21 +25,23 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure; the fastest counts")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json")
     args = parser.parse_args()
+    device = torch.device(args.device)
 
     from diffusers import AutoencoderKL
 
     cfg = load_recipe(AutoencoderRecipe, Path(args.recipe)).model
     if cfg.bottleneck != "kl" or cfg.attn_factors:
         raise SystemExit("the comparison needs a KL recipe without block attention (diffusers' AutoencoderKL layout)")
-    ours = Autoencoder(cfg).eval()
+    ours = Autoencoder(cfg).eval().to(device)
     dcfg = {k: v for k, v in config_to_diffusers(cfg).items() if not k.startswith("_")}
-    theirs = AutoencoderKL(**dcfg).eval()
-    x = torch.rand(args.batch, 3, args.size, args.size) * 2 - 1
+    theirs = AutoencoderKL(**dcfg).eval().to(device)
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device) * 2 - 1
     with torch.no_grad():
         z = ours.encode(x)
-    result = {"size": args.size, "batch": args.batch, "threads": torch.get_num_threads()}
+    result = {"size": args.size, "batch": args.batch, "threads": torch.get_num_threads(), "device": str(device)}
     for precision in ("bf16", "fp32"):
         enc = alternated_rates([ours.encode, lambda t: theirs.encode(t).latent_dist.mean], x, precision, args.repeats)
         dec = alternated_rates([ours.decode, lambda t: theirs.decode(t).sample], z, precision, args.repeats)

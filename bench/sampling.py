@@ -28,7 +28,7 @@ from ldmcli.nn.compiled import FrozenCompiled
 from ldmcli.pipeline import Pipeline, Settings
 from ldmcli.train.distributed import resolve_device
 from report import report
-from timing import alternated_rates
+from timing import alternated_rates, synchronize
 from unet_train import batches, forward, ours, theirs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,30 +57,32 @@ def images_per_s(model, device, sampler: str, steps: int, n: int, batch: int, dt
         start = time.perf_counter()
         for i in range(0, n, batch):
             pipe(classes[i:i + batch], list(range(i, min(i + batch, n))))
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return n / best
 
 
-def forward_rates(precision: str, repeats: int) -> list[float]:
+def forward_rates(precision: str, repeats: int, device: torch.device) -> list[float]:
     """Image evaluations per second of our UNet and diffusers' on one batch of the unet_train architecture."""
     torch.manual_seed(0)
-    mine, diffusers_unet = ours().eval(), theirs().eval()
-    x, t, ctx, _ = batches(1, 0)[0]
+    mine, diffusers_unet = ours().eval().to(device), theirs().eval().to(device)
+    x, t, ctx, _ = (v.to(device) for v in batches(1, 0)[0])
     return alternated_rates([lambda b: forward(mine, "ours", b, t, ctx), lambda b: forward(diffusers_unet, "diffusers", b, t, ctx)],
                             x, precision, repeats)
 
 
-def compiled_forward_rates(repeats: int) -> dict:
+def compiled_forward_rates(repeats: int, device: torch.device) -> dict:
     """Both UNets eager and compiled with frozen weights (bf16), alternated; compile seconds from a cold cache."""
     torch.manual_seed(0)
-    mine, diffusers_unet = ours().eval(), theirs().eval()
-    x, t, ctx, _ = batches(1, 0)[0]
+    mine, diffusers_unet = ours().eval().to(device), theirs().eval().to(device)
+    x, t, ctx, _ = (v.to(device) for v in batches(1, 0)[0])
     fast_mine, fast_theirs = FrozenCompiled(mine), FrozenCompiled(diffusers_unet)
     figures = {}
     for name, model, which in (("ours", fast_mine, "ours"), ("diffusers", fast_theirs, "diffusers")):
         start = time.perf_counter()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
             forward(model, which, x, t, ctx)
+        synchronize(device)
         figures[f"{name}_compile_s"] = round(time.perf_counter() - start, 1)
     rates = alternated_rates([lambda b: forward(mine, "ours", b, t, ctx), lambda b: forward(diffusers_unet, "diffusers", b, t, ctx),
                               lambda b: forward(fast_mine, "ours", b, t, ctx), lambda b: forward(fast_theirs, "diffusers", b, t, ctx)],
@@ -126,7 +128,7 @@ def main() -> None:
             figures[f"sampling_img_per_s_{name}_{steps}"] = round(rate, 3)
             figures[f"model_evals_{name}_{steps}"] = nfe
     for precision in ("bf16", "fp32"):
-        mine, theirs_rate = forward_rates(precision, args.forward_repeats)
+        mine, theirs_rate = forward_rates(precision, args.forward_repeats, device)
         figures[f"ours_forward_img_per_s_{precision}"] = round(mine, 1)
         figures[f"diffusers_forward_img_per_s_{precision}"] = round(theirs_rate, 1)
     figures["forward_speedup_vs_diffusers"] = round(
@@ -140,7 +142,7 @@ def main() -> None:
         figures[f"sampling_img_per_s_{name}_{steps}_compiled"] = round(fast, 3)
         figures[f"sampling_compiled_speedup_{name}_{steps}"] = round(fast / eager, 3)
         figures["sampling_compile_and_timing_s"] = round(time.perf_counter() - start, 1)
-        figures |= compiled_forward_rates(args.forward_repeats)
+        figures |= compiled_forward_rates(args.forward_repeats, device)
     report(figures, args.json)
 
 

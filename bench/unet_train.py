@@ -9,8 +9,10 @@ bf16 step's model FLOPs (forward + backward, counted by torch's FlopCounterMode)
 bf16 matmul peak measured in the same run. A short run of ours in bf16 and fp32 from the same seed
 on the same batches shows whether bf16 changes the loss curve. With --compile both models also run
 under torch.compile in bf16 (fused AdamW each), from a cold inductor cache, and the seconds the first
-steps spent compiling are reported. Prints `name: value` lines last; never asserts on time.
-  python bench/unet_train.py --json unet_train.json [--compile]
+steps spent compiling are reported. --device cuda times a GPU (peak memory: the allocator's; MFU against
+a large bf16 matmul there), where --batch should be larger. Prints `name: value` lines last; never
+asserts on time.
+  python bench/unet_train.py --json unet_train.json [--compile] [--device cuda --batch 256]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from report import report
+from timing import synchronize
 
 B, C, S, CTX_LEN, CTX_DIM = 32, 4, 16, 16, 256
 
@@ -58,17 +61,18 @@ def forward(model, which: str, x, t, ctx):
     return model(x, t, encoder_hidden_states=ctx).sample
 
 
-def batches(n: int, seed: int):
+def batches(n: int, seed: int, batch: int = B, device: str = "cpu"):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(B, C, S, S, generator=g), torch.randint(0, 1000, (B,), generator=g),
-             torch.randn(B, CTX_LEN, CTX_DIM, generator=g), torch.randn(B, C, S, S, generator=g)) for _ in range(n)]
+    return [tuple(v.to(device) for v in (torch.randn(batch, C, S, S, generator=g), torch.randint(0, 1000, (batch,), generator=g),
+                                         torch.randn(batch, CTX_LEN, CTX_DIM, generator=g), torch.randn(batch, C, S, S, generator=g)))
+            for _ in range(n)]
 
 
 def step_fn(model, which: str, precision: str, fused: bool):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
 
     def step(x, t, ctx, target) -> float:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = F.mse_loss(forward(model, which, x, t, ctx).float(), target)
         loss.backward()
         opt.step()
@@ -78,15 +82,17 @@ def step_fn(model, which: str, precision: str, fused: bool):
     return step
 
 
-def run_one(which: str, precision: str, fused: bool, steps: int, repeats: int, compiled: bool = False) -> dict:
-    """Child process: images per second (best of `repeats`), this process's peak RSS, and with `compiled`
-    the seconds the warm-up steps took (compilation included)."""
+def run_one(which: str, precision: str, fused: bool, steps: int, repeats: int, compiled: bool = False,
+            batch: int = B, device: str = "cpu") -> dict:
+    """Child process: images per second (best of `repeats`), this process's peak memory (RSS; on a GPU
+    the allocator's peak), and with `compiled` the seconds the warm-up steps took (compilation included).
+    Each step ends by reading the loss, which also waits for a GPU's queued work."""
     torch.manual_seed(0)
-    model = (ours if which == "ours" else theirs)().train()
+    model = (ours if which == "ours" else theirs)().train().to(device)
     if compiled:
         model.compile()
     step = step_fn(model, which, precision, fused)
-    data = batches(4, 1)
+    data = batches(4, 1, batch, device)
     start = time.perf_counter()
     for k in range(3):
         step(*data[k % 4])
@@ -97,7 +103,9 @@ def run_one(which: str, precision: str, fused: bool, steps: int, repeats: int, c
         for k in range(steps):
             step(*data[k % 4])
         best = min(best, (time.perf_counter() - start) / steps)
-    return {"img_s": B / best, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if torch.device(device).type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"img_s": batch / best, "peak_mem_mb": peak,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "warmup_s": warmup}
 
 
@@ -112,32 +120,35 @@ def model_flops() -> float:
     return counter.get_total_flops() / B
 
 
-def bf16_peak() -> float:
-    a, b = torch.randn(2048, 2048, dtype=torch.bfloat16), torch.randn(2048, 2048, dtype=torch.bfloat16)
+def bf16_peak(device: str = "cpu") -> float:
+    n = 8192 if torch.device(device).type == "cuda" else 2048
+    a, b = (torch.randn(n, n, dtype=torch.bfloat16, device=device) for _ in range(2))
     for _ in range(3):
         a @ b
     best = float("inf")
     for _ in range(5):
+        synchronize(torch.device(device))
         start = time.perf_counter()
         for _ in range(5):
             a @ b
+        synchronize(torch.device(device))
         best = min(best, (time.perf_counter() - start) / 5)
-    return 2 * 2048**3 / best
+    return 2 * n**3 / best
 
 
-def loss_curves(steps: int) -> tuple[list[float], list[float]]:
+def loss_curves(steps: int, device: str = "cpu") -> tuple[list[float], list[float]]:
     curves = []
-    data = batches(steps, 7)
+    data = batches(steps, 7, B, device)
     for precision in ("bf16", "fp32"):
         torch.manual_seed(0)
-        model = ours().train()
+        model = ours().train().to(device)
         step = step_fn(model, "ours", precision, True)
         curves.append([step(*d) for d in data])
     return curves[0], curves[1]
 
 
 def child(args) -> None:
-    print(json.dumps(run_one(args.which, args.precision, args.fused, args.steps, args.repeats, args.compiled)))
+    print(json.dumps(run_one(args.which, args.precision, args.fused, args.steps, args.repeats, args.compiled, args.batch, args.device)))
 
 
 def main() -> None:
@@ -145,6 +156,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--curve-steps", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=B, help="images per training step (a GPU wants more than 32)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile (minutes of compiling)")
     parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
@@ -158,7 +171,8 @@ def main() -> None:
 
     def measure(which: str, precision: str, fused: bool, compiled: bool = False) -> dict:
         cmd = [sys.executable, __file__, "--which", which, "--precision", precision, "--steps", str(args.steps),
-               "--repeats", str(args.repeats), *(["--fused"] if fused else []), *(["--compiled"] if compiled else [])]
+               "--repeats", str(args.repeats), "--batch", str(args.batch), "--device", args.device,
+               *(["--fused"] if fused else []), *(["--compiled"] if compiled else [])]
         with tempfile.TemporaryDirectory() as cache:
             # compiled: a cold inductor cache, so the warm-up is the compile time a user first pays
             env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": cache} if compiled else None
@@ -170,11 +184,13 @@ def main() -> None:
                                                            ("diffusers", "bf16", True), ("diffusers", "fp32", True)]}
     mine = max(results[("ours", "bf16", True)]["img_s"], results[("ours", "fp32", True)]["img_s"])
     theirs_best = max(r["img_s"] for k, r in results.items() if k[0] == "diffusers")
-    flops, peak = model_flops(), bf16_peak()
-    bf16_curve, fp32_curve = loss_curves(args.curve_steps)
+    flops, peak = model_flops(), bf16_peak(args.device)
+    bf16_curve, fp32_curve = loss_curves(args.curve_steps, args.device)
     tail = max(1, args.curve_steps // 3)
     last_bf16, last_fp32 = sum(bf16_curve[-tail:]) / tail, sum(fp32_curve[-tail:]) / tail
     figures = {
+        "device": args.device,
+        "batch": args.batch,
         "ours_params_m": results[("ours", "bf16", True)]["params_m"],
         "diffusers_params_m": results[("diffusers", "bf16", False)]["params_m"],
         "ours_bf16_img_s": results[("ours", "bf16", True)]["img_s"],
@@ -189,8 +205,8 @@ def main() -> None:
         "gflop_per_image": flops / 1e9,
         "bf16_matmul_peak_gflop_s": peak / 1e9,
         "mfu": flops * results[("ours", "bf16", True)]["img_s"] / peak,
-        "peak_mem_mb": results[("ours", "bf16", True)]["peak_rss_mb"],
-        "diffusers_peak_mem_mb": results[("diffusers", "bf16", False)]["peak_rss_mb"],
+        "peak_mem_mb": results[("ours", "bf16", True)]["peak_mem_mb"],
+        "diffusers_peak_mem_mb": results[("diffusers", "bf16", False)]["peak_mem_mb"],
         "loss_last_third_bf16": last_bf16,
         "loss_last_third_fp32": last_fp32,
         "loss_bf16_over_fp32": last_bf16 / last_fp32,
