@@ -109,8 +109,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the compiled UNets and sampler (minutes of compiling)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
+    cache = tempfile.TemporaryDirectory(prefix="inductor-")  # removed at exit
     if args.compile:  # a cold inductor cache: the compile time is what a user first pays
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name
 
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
