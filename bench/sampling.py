@@ -62,20 +62,22 @@ def images_per_s(model, device, sampler: str, steps: int, n: int, batch: int, dt
     return n / best
 
 
+def unets_and_batch(device: torch.device) -> tuple:
+    """Our UNet, diffusers', and one batch of the unet_train architecture, on `device`."""
+    torch.manual_seed(0)
+    return ours().eval().to(device), theirs().eval().to(device), *batches(1, 0, device=device)[0][:3]
+
+
 def forward_rates(precision: str, repeats: int, device: torch.device) -> list[float]:
     """Image evaluations per second of our UNet and diffusers' on one batch of the unet_train architecture."""
-    torch.manual_seed(0)
-    mine, diffusers_unet = ours().eval().to(device), theirs().eval().to(device)
-    x, t, ctx, _ = (v.to(device) for v in batches(1, 0)[0])
+    mine, diffusers_unet, x, t, ctx = unets_and_batch(device)
     return alternated_rates([lambda b: forward(mine, "ours", b, t, ctx), lambda b: forward(diffusers_unet, "diffusers", b, t, ctx)],
                             x, precision, repeats)
 
 
 def compiled_forward_rates(repeats: int, device: torch.device) -> dict:
     """Both UNets eager and compiled with frozen weights (bf16), alternated; compile seconds from a cold cache."""
-    torch.manual_seed(0)
-    mine, diffusers_unet = ours().eval().to(device), theirs().eval().to(device)
-    x, t, ctx, _ = (v.to(device) for v in batches(1, 0)[0])
+    mine, diffusers_unet, x, t, ctx = unets_and_batch(device)
     fast_mine, fast_theirs = FrozenCompiled(mine), FrozenCompiled(diffusers_unet)
     figures = {}
     for name, model, which in (("ours", fast_mine, "ours"), ("diffusers", fast_theirs, "diffusers")):
@@ -109,8 +111,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the compiled UNets and sampler (minutes of compiling)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
-    cache = tempfile.TemporaryDirectory(prefix="inductor-")  # removed at exit
-    if args.compile:  # a cold inductor cache: the compile time is what a user first pays
+    cache = tempfile.TemporaryDirectory(prefix="inductor-") if args.compile else None  # removed at exit
+    if cache:  # a cold inductor cache: the compile time is what a user first pays
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name
 
     device = resolve_device(args.device)
