@@ -80,6 +80,11 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _as_is(batch: dict) -> dict:
+    """Batches leave the workers collated; DataLoader's default would walk every caption and json again."""
+    return batch
+
+
 def to_device(batch: dict, device: torch.device | str) -> dict:
     """Tensors to `device` without blocking the host (they come from pinned memory on CUDA)."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -188,7 +193,7 @@ class TrainStream:
         # An own generator: DataLoader would otherwise draw its worker seed from the global RNG, which
         # the training step also uses (noise, dropout), and a resumed run would drift from the original.
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            generator=torch.Generator().manual_seed(0), worker_init_fn=_ignore_stop_signals)
+                            collate_fn=_as_is, generator=torch.Generator().manual_seed(0), worker_init_fn=_ignore_stop_signals)
         for batch in loader:
             _raise_error(batch)
             stream, epoch, consumed = batch["__pos__"]
@@ -220,7 +225,7 @@ class EvalLoader:
 
     def __iter__(self) -> Iterator[dict]:
         loader = DataLoader(_EvalDataset(self.spec, self.world_size), batch_size=None, num_workers=self.num_workers,
-                            generator=torch.Generator().manual_seed(0), worker_init_fn=_ignore_stop_signals)
+                            collate_fn=_as_is, generator=torch.Generator().manual_seed(0), worker_init_fn=_ignore_stop_signals)
         self.skipped, held, pending = 0, None, 0
         for batch in loader:
             _raise_error(batch)

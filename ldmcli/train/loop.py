@@ -174,6 +174,9 @@ def train(
     count, consecutive_bad = 0, 0
     interval_start, interval_images = time.monotonic(), 0
     interrupted = False
+    switching = len(phases) > 1  # one phase trains the same parameters every step: set them once
+    if not switching:
+        _set_trainable(task, phases[0].modules, base_trainable)
     with _StopFlag() as stop:
         for m in task.models.values():
             m.train()
@@ -188,7 +191,8 @@ def train(
             for k, batch in enumerate(micro):
                 last = k == len(micro) - 1
                 for phase in phases:
-                    _set_trainable(task, phase.modules, base_trainable)
+                    if switching:
+                        _set_trainable(task, phase.modules, base_trainable)
                     view = _view(task, wrapped, phase.modules)
                     syncs = [view[n].no_sync() for n in phase.modules if isinstance(view[n], DDP) and not last]
                     with contextlib.ExitStack() as stack:
@@ -203,7 +207,8 @@ def train(
                     logs[key] += value / len(micro)
                     for t, v in terms.items():
                         logs[t] += float(v) / len(micro)
-            _set_trainable(task, tuple(task.models), base_trainable)
+            if switching:
+                _set_trainable(task, tuple(task.models), base_trainable)
             norms = {}
             for phase in phases:
                 params = [p for n in phase.modules for p in task.models[n].parameters() if p.grad is not None]
@@ -263,6 +268,7 @@ def train(
                 interrupted = True
                 break
     display.close()
+    _set_trainable(task, tuple(task.models), base_trainable)
     model_dir = None
     if not interrupted:
         if cfg.sample_every:
