@@ -1,11 +1,15 @@
 """Conditioners: null class and empty caption for guidance, the jointly trained text encoder, and a
 frozen OpenCLIP text tower loaded from a local safetensors file (a tiny architecture, random weights)."""
 
+import subprocess
+import sys
+
 import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from ldmcli import openclip
 from ldmcli.diffusion.conditioning import ConditionerConfig, build_conditioner, context_dim
 from ldmcli.errors import UserError
 
@@ -73,3 +77,26 @@ def test_pooled_text_gives_the_end_token_projected_to_the_time_embedding():
     assert not torch.allclose(out["y"][0], out["y"][1])
     with pytest.raises(UserError, match="pooled"):
         build_conditioner(ConditionerConfig(kind="class", pooled=True), 8)
+
+
+@pytest.mark.parametrize("arch", ["ViT-B-32", "RN50"])
+def test_text_encoder_tokenizer_matches_open_clip(arch):
+    texts = ["a large red circle in the center", "", "Café «naïve» 3 purple TRIANGLES!!", "word " * 40]
+    ours, ref = openclip.tokenizer(arch), open_clip.get_tokenizer(arch)
+    assert openclip._bpe_source(arch) is not None and ours.vocab_size == ref.vocab_size
+    for length in (8, 24, 77):
+        assert torch.equal(ours(texts, context_length=length), ref(texts, context_length=length))
+
+
+@pytest.mark.parametrize("arch", ["ViT-B-16-SigLIP-256", "ViT-H-14-CLIPA", "TinyCLIP-test", "hf-hub:org/model", "../x"])
+def test_other_tokenizers_go_through_open_clip(arch):
+    assert openclip._bpe_source(arch) is None
+
+
+def test_text_encoder_builds_without_importing_open_clip():
+    """open_clip's package import (torchvision, torch._dynamo) is what the tokenizer-only path avoids."""
+    code = ("import sys; from ldmcli.diffusion.conditioning import ConditionerConfig, build_conditioner; "
+            "c = build_conditioner(ConditionerConfig(kind='text', width=16, layers=1, heads=2, head_dim=8), 64); "
+            "c(['a red circle']); print(sorted(m for m in ('open_clip', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -144,9 +144,7 @@ class TextConditioner(_Tokenized):
 
     def __init__(self, cfg: ConditionerConfig, time_embed_dim: int):
         super().__init__()
-        import open_clip
-
-        self.tokenizer = open_clip.get_tokenizer(cfg.tokenizer)
+        self.tokenizer = openclip.tokenizer(cfg.tokenizer)
         self.max_length = cfg.max_length
         self.token_embedding = nn.Embedding(self.tokenizer.vocab_size, cfg.width)
         self.position_embedding = nn.Parameter(torch.randn(cfg.max_length, cfg.width) * 0.01)
