@@ -1,5 +1,6 @@
 """OpenCLIP models from a local .safetensors file (nothing is downloaded): the frozen text tower of the
-`clip` conditioner and the full model of the CLIP score load through the same checks."""
+`clip` conditioner and the full model of the CLIP score load through the same checks. Also open_clip's
+tokenizers, which the jointly trained text encoder uses without the rest of the package."""
 
 from __future__ import annotations
 
