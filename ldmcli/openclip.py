@@ -21,7 +21,7 @@ TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_fin
 
 
 def tokenizer(arch: str) -> Callable:
-    """open_clip's tokenizer for `arch`. Importing open_clip pulls in torchvision and torch._dynamo (about 5 s
+    """open_clip's tokenizer for `arch`. Importing open_clip pulls in torchvision and torch._dynamo (about 4 s
     of every text-to-image command on a 2-core CPU) while the jointly trained text encoder needs only the CLIP
     BPE vocabulary: architectures whose built-in config names no other tokenizer get open_clip's
     SimpleTokenizer from its tokenizer module alone; any other goes through open_clip.get_tokenizer."""
