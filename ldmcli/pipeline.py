@@ -7,7 +7,6 @@ its own generator, so an image does not depend on which batch it was drawn in.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from ldmcli.diffusion.samplers.base import batch_t
 from ldmcli.diffusion.tiled import tiled_denoiser, windows
 from ldmcli.errors import UserError
 from ldmcli.nn.compiled import FrozenCompiled
+from ldmcli.precision import autocast, resolve
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -51,7 +51,7 @@ class Settings:
     width: int = 0
     strength: float = 1.0
     tile: int = 64
-    precision: str = "bf16"
+    precision: str = "auto"
     noise_level: int = 0
     compile: bool = False
 
@@ -97,6 +97,7 @@ class Pipeline:
         self.multiple = self.factor * model.unet.size_multiple
         self.kind = model.recipe.conditioner.kind
         self._check(s)
+        self.precision = resolve(s.precision, device, "--dtype")
         self._unet = FrozenCompiled(model.unet) if s.compile else model.unet
         ts = spaced_timesteps(len(model.alphas_cumprod), s.steps, s.spacing)
         self.timesteps = karras_timesteps(ts, model.alphas_cumprod) if s.karras else ts
@@ -123,8 +124,6 @@ class Pipeline:
             raise UserError("--negative needs a text-conditional model")
         if not 0 < s.strength <= 1:
             raise UserError(f"--strength must be in (0, 1], got {s.strength}")
-        if s.precision not in ("fp32", "bf16"):
-            raise UserError(f"--dtype must be fp32 or bf16, got '{s.precision}'")
         if s.tile < 0:
             raise UserError(f"--tile must be >= 0, got {s.tile}")
         if s.tile and s.tile % self.model.unet.size_multiple:
@@ -170,9 +169,7 @@ class Pipeline:
         return self.timesteps[len(self.timesteps) - run:]
 
     def _autocast(self):
-        if self.s.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.precision)
 
     def _encodings(self, conds: list) -> tuple[dict, dict | None]:
         cond = self.model.cond

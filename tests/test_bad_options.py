@@ -25,7 +25,7 @@ BAD_VALUES = {
     ("train-ae",): (["x.tar", "--out", "{tmp}/r", "--set", "loss.perceptual=alexnet"], "'loss.perceptual' must be one of"),
     ("encode",): (["x.tar", "--ae", "{tmp}", "--out", "{tmp}/l", "--batch-size", "many"], "Invalid value for '--batch-size'"),
     ("convert",): (["{tmp}", "--out", "{tmp}/o", "--to", "onnx"], "'onnx' is not one of"),
-    ("eval",): (["x.tar", "--recon", "--ae", "{tmp}", "--precision", "fp8"], "--precision must be bf16 or fp32"),
+    ("eval",): (["x.tar", "--recon", "--ae", "{tmp}", "--precision", "fp8"], "--precision must be one of auto, bf16, fp32"),
     ("train-diffusion",): (["x.tar", "--out", "{tmp}/r", "--set", "train.betas=[0.9]"], "'train.betas' must have 2 items"),
     ("sample",): (["--model", "{tmp}", "--steps", "1.5"], "Invalid value for '--steps'"),
     ("data", "build"): (["digits", "--out", "{tmp}/d", "--split", "test"], "'test' is not one of"),

@@ -15,6 +15,7 @@ from ldmcli.autoencoder.latents import LatentMoments
 from ldmcli.modeldir import weights_id
 from ldmcli.autoencoder.tiling import tiled_encode
 from ldmcli.data.shards import ShardSink
+from ldmcli.precision import autocast, resolve
 from ldmcli.train.distributed import DistEnv, all_max, all_sum
 
 
@@ -43,7 +44,7 @@ def encode_shards(
     name: str = "latents",
     shard_size: int = 1000,
     dtype: str = "float16",
-    precision: str = "bf16",
+    precision: str = "auto",
     tile: int = 0,
     on_batch: Callable[[int], None] = lambda n: None,
 ) -> dict:
@@ -52,10 +53,11 @@ def encode_shards(
     shapes: set[tuple[int, ...]] = set()
     skipped = count = 0
     device = env.device
+    precision = resolve(precision, device)
     with ShardSink(out_dir, name, shard_size) as sink:
         for batch in batches:
             x = batch["image"].to(device)
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with torch.no_grad(), autocast(device, precision):
                 z = (tiled_encode(model, x, tile, tile // 4) if tile else model.encode(x)).float()
             moments.add(z)
             shapes.add(tuple(z.shape[1:]))

@@ -12,11 +12,12 @@ from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.autoencoder.tiling import tiled_decode, tiled_encode
 from ldmcli.images import to_uint8
 from ldmcli.metrics.recon import ReconAccumulator, bicubic_roundtrip
+from ldmcli.precision import autocast, resolve
 
 
-def reconstruct(model: Autoencoder, images: torch.Tensor, precision: str = "bf16", tile: int = 0) -> torch.Tensor:
+def reconstruct(model: Autoencoder, images: torch.Tensor, precision: str = "auto", tile: int = 0) -> torch.Tensor:
     """Encode (posterior mean / pre-quantisation) and decode; `tile` > 0 goes through overlapping tiles."""
-    with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.no_grad(), autocast(images.device, resolve(precision, images.device)):
         if tile:
             z = tiled_encode(model, images, tile, tile // 4)
             t = max(1, tile // model.factor)
@@ -37,7 +38,7 @@ def evaluate_recon(
     batches: Iterable[dict],
     device: torch.device,
     lpips: torch.nn.Module | None = None,
-    precision: str = "bf16",
+    precision: str = "auto",
     tile: int = 0,
     save_dir: Path | None = None,
     reduce: Callable[[list[float]], list[float]] = lambda v: v,

@@ -14,6 +14,7 @@ from ldmcli.data.info import expected_samples
 from ldmcli.data.reader import eval_loader
 from ldmcli.data.shards import check_name
 from ldmcli.errors import UserError
+from ldmcli.precision import CHOICES as PRECISIONS
 from ldmcli.train import distributed
 
 
@@ -26,7 +27,7 @@ def encode(
     shard_size: int = typer.Option(1000, "--shard-size", help="Samples per latent shard."),
     name: str = typer.Option("latents", "--name", help="Shard name prefix."),
     dtype: str = typer.Option("float16", "--dtype", help="float16 or float32 latents on disk."),
-    precision: str = typer.Option("bf16", "--precision", help="bf16 (autocast) or fp32 encoder arithmetic."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the device has it natively), bf16 (autocast) or fp32 encoder arithmetic."),
     tile: int = typer.Option(0, "--tile", help="Encode in overlapping tiles of this many pixels (large images)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     num_workers: int = typer.Option(2, "--num-workers", help="Data loader workers per rank."),
@@ -37,8 +38,8 @@ def encode(
     """
     if dtype not in ("float16", "float32"):
         raise UserError(f"--dtype must be float16 or float32, got '{dtype}'")
-    if precision not in ("bf16", "fp32"):
-        raise UserError(f"--precision must be bf16 or fp32, got '{precision}'")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     check_name(name)
     env = distributed.setup(device)
     try:

@@ -21,6 +21,7 @@ from ldmcli.cli.eval_text import run_clip_score, run_prompts
 from ldmcli.data.shapes import parse_hold_out
 from ldmcli.data.reader import eval_loader
 from ldmcli.errors import UserError
+from ldmcli.precision import CHOICES as PRECISIONS
 from ldmcli.metrics.domain import classifier_space
 from ldmcli.metrics.evaluate import Source, evaluate_samples, inception_space
 from ldmcli.metrics.quality import Wanted
@@ -76,7 +77,7 @@ def eval_command(
     batch_size: int = typer.Option(32, "--batch-size"),
     limit: int = typer.Option(0, "--limit", help="Stop after about this many images (0: all)."),
     tile: int = typer.Option(0, "--tile", help="Encode/decode in overlapping tiles of this many pixels (for large images)."),
-    precision: str = typer.Option("bf16", "--precision", help="bf16 (autocast) or fp32."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the device has it natively), bf16 (autocast) or fp32."),
     lpips_weights: Path = typer.Option(None, "--lpips-weights", help="torchvision alexnet file for LPIPS (default: the torch cache; skipped when absent)."),
     json_path: Path = typer.Option(None, "--json", help="Write the figures as JSON here."),
     save: Path = typer.Option(None, "--save", help="--recon: write NAME.orig.png / NAME.recon.png pairs here; --prompts, --layout: each judged image and grid.png."),
@@ -140,8 +141,8 @@ def eval_command(
         raise UserError("--recon needs image shards to evaluate on")
     if ae is None:
         raise UserError("--recon needs --ae MODEL_DIR")
-    if precision not in ("bf16", "fp32"):
-        raise UserError(f"--precision must be bf16 or fp32, got '{precision}'")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     if tile < 0 or limit < 0:
         raise UserError("--tile and --limit must not be negative")
     env = distributed.setup(device)

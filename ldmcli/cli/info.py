@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ldmcli import __version__
+from ldmcli.precision import native_bf16
 
 OPTIONAL_WEIGHTS = {
     "LPIPS AlexNet backbone": "alexnet-owt-7be5be79.pth",
@@ -39,7 +40,9 @@ def info() -> None:
     devices = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) if cuda else "none"
     table.add_row("cuda devices", devices)
     table.add_row("cpu threads", f"{torch.get_num_threads()} (cores: {os.cpu_count()})")
-    table.add_row("bf16 autocast", "cuda" if cuda and torch.cuda.is_bf16_supported() else "cpu" if torch.backends.mkldnn.is_available() else "no")
+    native = [d for d in ("cuda", "cpu") if (d == "cpu" or cuda) and native_bf16(torch.device(d))]
+    table.add_row("bf16 autocast", f"native on {' and '.join(native)}" if native else "not native here: precision auto runs fp32")
+    table.add_row("cpu capability", torch.backends.cpu.get_cpu_capability())
     table.add_row("weights dir", str(hub_checkpoints()))
     for label, name in OPTIONAL_WEIGHTS.items():
         found = (hub_checkpoints() / name).is_file()

@@ -105,7 +105,7 @@ def sample(
     mask: Path = typer.Option(None, "--mask", help="With --init: white = generate, black = keep (inpainting)."),
     tile: int = typer.Option(64, "--tile", help="Decode in overlapping tiles of this many latent pixels when larger (0: never)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("bf16", "--dtype", help="bf16 (autocast for the networks; sampler arithmetic stays fp32) or fp32."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 where the device has it natively), bf16 (autocast for the networks; sampler arithmetic stays fp32) or fp32."),
     compile_unet: bool = typer.Option(False, "--compile", help="torch.compile the UNet with frozen weights: faster steps after a one-off compile of minutes on a CPU (cached on disk); for long jobs."),
 ) -> None:
     """Sample images from a diffusion model: text, class, layout or unconditional; img2img and inpainting.

@@ -68,7 +68,7 @@ def upscale(
     tile: int = typer.Option(64, "--tile", help="Denoise and decode in overlapping tiles of this many latent pixels when larger (0: never)."),
     out: Path = typer.Option(Path("upscaled"), "--out", "-o", help="Folder for the PNGs (NAME.png for each input)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("bf16", "--dtype", help="bf16 (autocast for the networks) or fp32."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 where the device has it natively), bf16 (autocast for the networks) or fp32."),
 ) -> None:
     """Upscale images with a latent super-resolution model, tiled so any size fits.
 

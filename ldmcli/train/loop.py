@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ldmcli.config import DataConfig, TrainConfig
 from ldmcli.data.reader import TrainStream, to_device
 from ldmcli.errors import UserError
+from ldmcli import precision
 from ldmcli.images import save_grid
 from ldmcli.train import checkpoint as ckpt
 from ldmcli.train.distributed import DistEnv, all_max, all_sum
@@ -140,7 +141,7 @@ def train(
         state=stream_state,
     )
     batches = iter(stream)
-    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    autocast = precision.autocast(env.device, precision.resolve(cfg.precision, env.device, "train.precision"))
     metrics = MetricsLog(run_dir / "metrics.jsonl", env.is_main, step if resume else None)
     display = RunDisplay(cfg.steps, step, env.is_main, quiet, title)
     preview_batch = None
