@@ -29,10 +29,15 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve(precision: str, device: torch.device, option: str = "precision") -> str:
-    """"auto" -> "bf16" or "fp32" for this device; an unknown name is the user's error."""
+def check(precision: str, option: str = "precision") -> None:
+    """An unknown name is the user's error, caught before any model is loaded."""
     if precision not in CHOICES:
         raise UserError(f"{option} must be one of {', '.join(CHOICES)}, got '{precision}'")
+
+
+def resolve(precision: str, device: torch.device, option: str = "precision") -> str:
+    """"auto" -> "bf16" or "fp32" for this device."""
+    check(precision, option)
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16" and not native_bf16(device) and device.type not in _warned:

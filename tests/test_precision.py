@@ -1,6 +1,9 @@
 """precision "auto" runs bf16 only where the device has it natively: on an AVX2-only CPU bf16 autocast
 made a 3x3 convolution 26x slower than fp32, so every command's default must follow the hardware."""
 
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import TINY, run_cli
@@ -18,8 +21,16 @@ def test_auto_follows_the_hardware(monkeypatch, native, expected):
     assert precision.resolve("fp32", CPU) == "fp32"
 
 
-def test_cpu_answer_is_onednn_s(monkeypatch):
-    assert precision.native_bf16(CPU) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def test_cpu_answer_agrees_with_the_cpu_flags():
+    """Read independently of torch: bf16 instructions mean native, an x86 CPU without AVX-512 means not."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() != "x86_64" or not cpuinfo.is_file():
+        pytest.skip("reads the x86 flags in /proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split())
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        assert precision.native_bf16(CPU)
+    if "avx512f" not in flags:
+        assert not precision.native_bf16(CPU)
 
 
 def test_unknown_precision_names_the_option():

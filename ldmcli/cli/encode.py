@@ -14,7 +14,7 @@ from ldmcli.data.info import expected_samples
 from ldmcli.data.reader import eval_loader
 from ldmcli.data.shards import check_name
 from ldmcli.errors import UserError
-from ldmcli.precision import CHOICES as PRECISIONS
+from ldmcli.precision import check as check_precision
 from ldmcli.train import distributed
 
 
@@ -38,8 +38,7 @@ def encode(
     """
     if dtype not in ("float16", "float32"):
         raise UserError(f"--dtype must be float16 or float32, got '{dtype}'")
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    check_precision(precision, "--precision")
     check_name(name)
     env = distributed.setup(device)
     try:

@@ -21,7 +21,7 @@ from ldmcli.cli.eval_text import run_clip_score, run_prompts
 from ldmcli.data.shapes import parse_hold_out
 from ldmcli.data.reader import eval_loader
 from ldmcli.errors import UserError
-from ldmcli.precision import CHOICES as PRECISIONS
+from ldmcli.precision import check as check_precision
 from ldmcli.metrics.domain import classifier_space
 from ldmcli.metrics.evaluate import Source, evaluate_samples, inception_space
 from ldmcli.metrics.quality import Wanted
@@ -141,8 +141,7 @@ def eval_command(
         raise UserError("--recon needs image shards to evaluate on")
     if ae is None:
         raise UserError("--recon needs --ae MODEL_DIR")
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    check_precision(precision, "--precision")
     if tile < 0 or limit < 0:
         raise UserError("--tile and --limit must not be negative")
     env = distributed.setup(device)

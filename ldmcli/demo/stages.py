@@ -87,7 +87,7 @@ def build_stages(out: Path, recipes: Path, plan: Plan) -> list[Stage]:
     ae_steps, ldm_steps = plan.ae_steps or _recipe_steps(ae_recipe), plan.ldm_steps or _recipe_steps(ldm_recipe)
     ae_set = ["--set", f"train.steps={ae_steps}"] if plan.ae_steps else []
     ae_set += ["--set", f"train.batch_size={plan.ae_batch}"] if plan.ae_batch else []
-    steps = ["--steps", str(plan.sample_steps)] if plan.sample_steps else []
+    sampler_steps = ["--steps", str(plan.sample_steps)] if plan.sample_steps else []
     ldm_set = ["--set", f"train.steps={ldm_steps}"] if plan.ldm_steps else []
     prompts = out / "prompts.txt"
     return [
@@ -107,10 +107,10 @@ def build_stages(out: Path, recipes: Path, plan: Plan) -> list[Stage]:
               "--out", str(out / "ldm"), *ldm_set], out / "ldm" / "model" / "model.safetensors",
               480 * ldm_steps / max(_recipe_steps(ldm_recipe), 1), out / "ldm", ldm_steps),
         Stage("sample", "sample the prompt grid", ["sample", "--model", str(out / "ldm" / "model"), "--prompts", str(prompts),
-              "--n", str(plan.grid_n), *steps, "--grid", "--out", str(out / "samples")], out / "samples" / "grid.png", 15,
+              "--n", str(plan.grid_n), *sampler_steps, "--grid", "--out", str(out / "samples")], out / "samples" / "grid.png", 15,
               clears=[out / "samples"]),
         Stage("adherence", "judge prompt adherence", ["eval", "--prompts", "--model", str(out / "ldm" / "model"), "--hold-out", HOLD_OUT,
-              "--per-category", str(plan.per_category), "--n", str(plan.n), *steps, "--json", str(out / "adherence.json"),
+              "--per-category", str(plan.per_category), "--n", str(plan.n), *sampler_steps, "--json", str(out / "adherence.json"),
               "--save", str(out / "adherence")], out / "adherence.json", 60 * plan.per_category * plan.n / 64,
               clears=[out / "adherence"]),
     ]
