@@ -1,5 +1,6 @@
 """Encode/decode throughput (images/s) of an ldmcli autoencoder and of diffusers' AutoencoderKL with the
-same channel configuration, in bf16 autocast and fp32, measured in the same process and alternated.
+same channel configuration, in bf16 autocast and fp32 (fp32 alone where bf16 is not native, unless
+`--precisions both`), measured in the same process and alternated.
 
   python bench/autoencoder.py --recipe recipes/ae-kl-f4-photos.toml --size 64 --batch 16 --json tp.json
 """
@@ -16,7 +17,7 @@ from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.config import load_recipe
 from ldmcli.interop.autoencoder import config_to_diffusers
 from report import report
-from timing import alternated_rates
+from timing import add_precision_option, alternated_rates, precisions
 
 
 def main() -> None:
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure; the fastest counts")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_precision_option(parser)
     parser.add_argument("--json")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -42,13 +44,14 @@ def main() -> None:
     with torch.no_grad():
         z = ours.encode(x)
     result = {"size": args.size, "batch": args.batch, "threads": torch.get_num_threads(), "device": str(device)}
-    for precision in ("bf16", "fp32"):
+    timed = precisions(args.precisions, device)
+    for precision in timed:
         enc = alternated_rates([ours.encode, lambda t: theirs.encode(t).latent_dist.mean], x, precision, args.repeats)
         dec = alternated_rates([ours.decode, lambda t: theirs.decode(t).sample], z, precision, args.repeats)
         result[f"ldmcli_encode_{precision}"], result[f"diffusers_encode_{precision}"] = enc
         result[f"ldmcli_decode_{precision}"], result[f"diffusers_decode_{precision}"] = dec
     for what in ("encode", "decode"):
-        for precision in ("bf16", "fp32"):
+        for precision in timed:
             result[f"ratio_{what}_{precision}"] = result[f"ldmcli_{what}_{precision}"] / result[f"diffusers_{what}_{precision}"]
     report(result, args.json)
 

@@ -1,12 +1,13 @@
 """The paper's LDM-f against LDM-1 on this machine: how much cheaper diffusion becomes in a latent space.
 
 For f = 1 (pixels), 2, 4, 8 at 64x64 images, one UNet of the same widths (model_channels, multipliers,
-blocks, attention at 1/4 of its input) runs on a 3 x 64/f x 64/f input: training img/s (bf16 autocast
-forward + backward + fused AdamW, batch 32, on cached latents as `ldm encode` prepares them), the
+blocks, attention at 1/4 of its input) runs on a 3 x 64/f x 64/f input: training img/s (forward +
+backward + fused AdamW, batch 32, on cached latents as `ldm encode` prepares them), the
 first stage's encode img/s (paid once per image by `ldm encode`, or every step when encoding on the fly),
 and sampling img/s (25 DPM-Solver++ steps then decoding). Autoencoders are the KL ones of ldmcli with
 64 base channels and one block per level (ae-kl-f4-photos' widths); weights are random, as speed does
 not depend on them. The ratios are against f = 1 measured in the same run; `--plot` draws them.
+Everything runs in `--precision`: by default bf16 autocast where bf16 is native, fp32 elsewhere.
 
 Quality at equal wall-clock training time comes from trained models, not from this script: see the
 README's digits pair (ldm-digits-class against dm-pixel-digits) and its commands.
@@ -28,6 +29,7 @@ from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.diffusion.samplers import sample_dpmpp_2m, spaced_timesteps
 from ldmcli.diffusion.schedule import ScheduleConfig, alphas_cumprod
 from ldmcli.diffusion.unet import UNet, UNetConfig
+from ldmcli.precision import CHOICES, autocast as precision_autocast, resolve
 from report import report
 
 FACTORS = (1, 2, 4, 8)
@@ -56,14 +58,14 @@ def best_rate(fn, images: int, repeats: int) -> float:
     return images / best
 
 
-def measure(f: int, batch: int, steps: int, repeats: int) -> dict:
+def measure(f: int, batch: int, steps: int, repeats: int, precision: str) -> dict:
     torch.manual_seed(0)
     ae, net = first_stage(f), unet()
     side = SIZE // f
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)  # as the training loop's
     abar = alphas_cumprod(ScheduleConfig())
     z0 = torch.randn(batch, 3, side, side)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    autocast = precision_autocast(torch.device("cpu"), precision)
 
     def train_step() -> None:
         t = torch.randint(0, 1000, (batch,))
@@ -117,13 +119,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=2, help="timings per figure; the fastest counts")
+    parser.add_argument("--precision", default="auto", choices=CHOICES)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    rows = {f: measure(f, args.batch, args.steps, args.repeats) for f in FACTORS}
+    precision = resolve(args.precision, torch.device("cpu"), "--precision")
+    rows = {f: measure(f, args.batch, args.steps, args.repeats, precision) for f in FACTORS}
     if args.plot:
         plot(rows, args.plot, args.steps)
-    figures = {}
+    figures = {"precision": precision}
     for f in FACTORS:
         figures |= {f"f{f}_train_img_s": rows[f]["train"], f"f{f}_sample_img_s": rows[f]["sample"]}
         if f > 1:

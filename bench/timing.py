@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
+
+from ldmcli.precision import native_bf16
+
+PRECISION_CHOICES = ("auto", "both", "bf16", "fp32")
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precisions", default="auto", choices=PRECISION_CHOICES,
+                        help="auto: bf16 autocast and fp32 where bf16 is native, fp32 alone elsewhere; both: time both anyway")
+
+
+def precisions(choice: str, device: torch.device) -> list[str]:
+    """What a bench times. Without native bf16 (an AVX2-only CPU) bf16 autocast runs reference kernels
+    10-25x slower than fp32, which nobody would train or sample with: "auto" leaves it out there."""
+    if choice == "auto":
+        return ["bf16", "fp32"] if native_bf16(device) else ["fp32"]
+    return ["bf16", "fp32"] if choice == "both" else [choice]
 
 
 def synchronize(device: torch.device) -> None:

@@ -4,12 +4,13 @@ block widths (64, 128, 256), 2 res blocks a level, cross-attention at the two lo
 
 Each configuration runs in its own process (so peak memory is its own): ours with bf16 autocast and
 fp32; diffusers with bf16 autocast and fp32, each with torch's default AdamW (what diffusers' training
-scripts use) and with the fused AdamW we use; `diffusers_img_s` is the best of those four. MFU is our
-bf16 step's model FLOPs (forward + backward, counted by torch's FlopCounterMode) per second over the
-bf16 matmul peak measured in the same run. A short run of ours in bf16 and fp32 from the same seed
-on the same batches shows whether bf16 changes the loss curve. With --compile both models also run
-under torch.compile in bf16 (fused AdamW each), from a cold inductor cache, and the seconds the first
-steps spent compiling are reported. --device cuda times a GPU (peak memory: the allocator's; MFU against
+scripts use) and with the fused AdamW we use; `diffusers_img_s` is the best of those. Where bf16 is
+not native (an AVX2-only CPU) only fp32 is timed, unless `--precisions both`. MFU is our step's model
+FLOPs (forward + backward, counted by torch's FlopCounterMode) per second, in bf16 where it is timed,
+over the matmul peak of that precision measured in the same run. A short run of ours in bf16 and fp32
+from the same seed on the same batches shows whether bf16 changes the loss curve. With --compile both
+models also run under torch.compile in that precision (fused AdamW each), from a cold inductor cache, and
+the seconds the first steps spent compiling are reported. --device cuda times a GPU (peak memory: the allocator's; MFU against
 a large bf16 matmul there), where --batch should be larger. Prints `name: value` lines last; never
 asserts on time.
   python bench/unet_train.py --json unet_train.json [--compile] [--device cuda --batch 256]
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from report import report
-from timing import synchronize
+from timing import add_precision_option, precisions, synchronize
 
 B, C, S, CTX_LEN, CTX_DIM = 32, 4, 16, 16, 256
 
@@ -120,9 +121,10 @@ def model_flops() -> float:
     return counter.get_total_flops() / B
 
 
-def bf16_peak(device: str = "cpu") -> float:
+def matmul_peak(device: str, precision: str) -> float:
     n = 8192 if torch.device(device).type == "cuda" else 2048
-    a, b = (torch.randn(n, n, dtype=torch.bfloat16, device=device) for _ in range(2))
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     for _ in range(3):
         a @ b
     best = float("inf")
@@ -158,6 +160,7 @@ def main() -> None:
     parser.add_argument("--curve-steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=B, help="images per training step (a GPU wants more than 32)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_precision_option(parser)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile (minutes of compiling)")
     parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
@@ -179,40 +182,40 @@ def main() -> None:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    results = {(w, p, f): measure(w, p, f) for w, p, f in [("ours", "bf16", True), ("ours", "fp32", True),
-                                                           ("diffusers", "bf16", False), ("diffusers", "fp32", False),
-                                                           ("diffusers", "bf16", True), ("diffusers", "fp32", True)]}
-    mine = max(results[("ours", "bf16", True)]["img_s"], results[("ours", "fp32", True)]["img_s"])
+    timed = precisions(args.precisions, torch.device(args.device))
+    main_p = "bf16" if "bf16" in timed else "fp32"  # what MFU, memory and compiling are measured in
+    configs = [("ours", p, True) for p in timed] + [("diffusers", p, f) for p in timed for f in (False, True)]
+    results = {key: measure(*key) for key in configs}
+    mine = max(results[("ours", p, True)]["img_s"] for p in timed)
     theirs_best = max(r["img_s"] for k, r in results.items() if k[0] == "diffusers")
-    flops, peak = model_flops(), bf16_peak(args.device)
-    bf16_curve, fp32_curve = loss_curves(args.curve_steps, args.device)
-    tail = max(1, args.curve_steps // 3)
-    last_bf16, last_fp32 = sum(bf16_curve[-tail:]) / tail, sum(fp32_curve[-tail:]) / tail
+    flops, peak = model_flops(), matmul_peak(args.device, main_p)
     figures = {
         "device": args.device,
         "batch": args.batch,
-        "ours_params_m": results[("ours", "bf16", True)]["params_m"],
-        "diffusers_params_m": results[("diffusers", "bf16", False)]["params_m"],
-        "ours_bf16_img_s": results[("ours", "bf16", True)]["img_s"],
-        "ours_fp32_img_s": results[("ours", "fp32", True)]["img_s"],
-        "diffusers_bf16_img_s": results[("diffusers", "bf16", False)]["img_s"],
-        "diffusers_fp32_img_s": results[("diffusers", "fp32", False)]["img_s"],
-        "diffusers_bf16_fused_adamw_img_s": results[("diffusers", "bf16", True)]["img_s"],
-        "diffusers_fp32_fused_adamw_img_s": results[("diffusers", "fp32", True)]["img_s"],
+        "ours_params_m": results[("ours", main_p, True)]["params_m"],
+        "diffusers_params_m": results[("diffusers", main_p, False)]["params_m"],
+    }
+    for p in timed:
+        figures |= {f"ours_{p}_img_s": results[("ours", p, True)]["img_s"],
+                    f"diffusers_{p}_img_s": results[("diffusers", p, False)]["img_s"],
+                    f"diffusers_{p}_fused_adamw_img_s": results[("diffusers", p, True)]["img_s"]}
+    figures |= {
         "ours_img_s": mine,
         "diffusers_img_s": theirs_best,
         "speedup_vs_diffusers": mine / theirs_best,
         "gflop_per_image": flops / 1e9,
-        "bf16_matmul_peak_gflop_s": peak / 1e9,
-        "mfu": flops * results[("ours", "bf16", True)]["img_s"] / peak,
-        "peak_mem_mb": results[("ours", "bf16", True)]["peak_mem_mb"],
-        "diffusers_peak_mem_mb": results[("diffusers", "bf16", False)]["peak_mem_mb"],
-        "loss_last_third_bf16": last_bf16,
-        "loss_last_third_fp32": last_fp32,
-        "loss_bf16_over_fp32": last_bf16 / last_fp32,
+        f"{main_p}_matmul_peak_gflop_s": peak / 1e9,
+        "mfu": flops * results[("ours", main_p, True)]["img_s"] / peak,
+        "peak_mem_mb": results[("ours", main_p, True)]["peak_mem_mb"],
+        "diffusers_peak_mem_mb": results[("diffusers", main_p, False)]["peak_mem_mb"],
     }
+    if "bf16" in timed:
+        bf16_curve, fp32_curve = loss_curves(args.curve_steps, args.device)
+        tail = max(1, args.curve_steps // 3)
+        last_bf16, last_fp32 = sum(bf16_curve[-tail:]) / tail, sum(fp32_curve[-tail:]) / tail
+        figures |= {"loss_last_third_bf16": last_bf16, "loss_last_third_fp32": last_fp32, "loss_bf16_over_fp32": last_bf16 / last_fp32}
     if args.compile:
-        ours_c, theirs_c = measure("ours", "bf16", True, True), measure("diffusers", "bf16", True, True)
+        ours_c, theirs_c = measure("ours", main_p, True, True), measure("diffusers", main_p, True, True)
         figures |= {
             "ours_compiled_img_s": ours_c["img_s"],
             "diffusers_compiled_img_s": theirs_c["img_s"],

@@ -71,3 +71,18 @@ def test_training_and_sampling_default_to_the_hardware_s_choice(digits_shards, t
     result = run_cli("sample", "--model", tmp_path / "run" / "model", "--n", "1", "--steps", "2", "--out", tmp_path / "s")
     assert result.exit_code == 0, result.output
     assert set(seen[1:]) == {expected} and len(seen) > 1
+
+
+def test_benchmarks_time_bf16_only_where_it_is_native(tmp_path):
+    """A bench on an AVX2-only CPU would spend its time in bf16's reference kernels: auto leaves bf16 out."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ae.json"
+    subprocess.run([sys.executable, str(root / "bench" / "autoencoder.py"), "--recipe", str(root / "recipes" / "ae-kl-f4-photos.toml"),
+                    "--size", "16", "--batch", "1", "--repeats", "1", "--json", str(out)], check=True, capture_output=True, cwd=root)
+    figures = json.loads(out.read_text())
+    assert figures["ratio_encode_fp32"] > 0 and figures["ratio_decode_fp32"] > 0
+    assert ("ratio_decode_bf16" in figures) == precision.native_bf16(CPU)
