@@ -19,7 +19,7 @@ def add_precision_option(parser: argparse.ArgumentParser) -> None:
 
 def precisions(choice: str, device: torch.device) -> list[str]:
     """What a bench times. Without native bf16 (an AVX2-only CPU) bf16 autocast runs reference kernels
-    10-25x slower than fp32, which nobody would train or sample with: "auto" leaves it out there."""
+    10-100x slower than fp32, which nobody would train or sample with: "auto" leaves it out there."""
     if choice == "auto":
         return ["bf16", "fp32"] if native_bf16(device) else ["fp32"]
     return ["bf16", "fp32"] if choice == "both" else [choice]
