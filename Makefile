@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python bench/sampling.py
 	$(BIN)/python bench/unet_train.py
 	$(BIN)/python bench/latent_vs_pixel.py
+	$(BIN)/python bench/demo_steps.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

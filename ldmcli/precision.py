@@ -1,8 +1,8 @@
 """Which arithmetic the networks run in: bf16 autocast only where the hardware does bf16 natively.
 
 On a CPU with AVX-512 (oneDNN's bf16 kernels) bf16 matmuls run several times faster than fp32; on an
-AVX2-only CPU (most AMD and older Intel desktops) torch falls back to reference kernels that run a 3x3
-convolution about 25x and a matmul about 15x slower than fp32 (measured on a 2-core AMD EPYC). So the
+AVX2-only CPU (most AMD and older Intel desktops) torch falls back to reference kernels that ran a 3x3
+convolution 25-37x and a matmul 20-100x slower than fp32 (bench/precision.py on a 2-core AMD EPYC). So the
 default, "auto", picks bf16 only where it is fast; an explicit "bf16" is honoured, with a warning where
 it is slow.
 """

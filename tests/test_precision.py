@@ -1,7 +1,10 @@
 """precision "auto" runs bf16 only where the device has it natively: on an AVX2-only CPU bf16 autocast
 made a 3x3 convolution 26x slower than fp32, so every command's default must follow the hardware."""
 
+import json
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,10 +78,6 @@ def test_training_and_sampling_default_to_the_hardware_s_choice(digits_shards, t
 
 def test_benchmarks_time_bf16_only_where_it_is_native(tmp_path):
     """A bench on an AVX2-only CPU would spend its time in bf16's reference kernels: auto leaves bf16 out."""
-    import json
-    import subprocess
-    import sys
-
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "ae.json"
     subprocess.run([sys.executable, str(root / "bench" / "autoencoder.py"), "--recipe", str(root / "recipes" / "ae-kl-f4-photos.toml"),
