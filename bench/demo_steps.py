@@ -13,7 +13,6 @@ The baseline is the layout the training loop uses (NCHW); prints `name: value` l
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -27,11 +26,26 @@ from ldmcli.diffusion import model as M
 from ldmcli.diffusion.config import DiffusionRecipe
 from ldmcli.precision import CHOICES, autocast, resolve
 from report import report
+from timing import alternated_best_s
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def training_step(params, loss_fn, precision: str):
+    """One forward under the precision's autocast, backward and fused AdamW step: the training loop's work."""
+    opt = torch.optim.AdamW(list(params), lr=1e-4, fused=True)
+
+    def step() -> None:
+        with autocast(CPU, precision):
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
 
 
 def autoencoder_step(channels_last: bool, precision: str):
@@ -41,52 +55,22 @@ def autoencoder_step(channels_last: bool, precision: str):
     x = torch.rand(recipe.train.batch_size, 3, recipe.train_crop, recipe.train_crop) * 2 - 1
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-
-    def step() -> None:
-        with autocast(CPU, precision):
-            loss = (model.decode(model.encode(x)).float() - x).abs().mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+    return training_step(model.parameters(), lambda: (model.decode(model.encode(x)).float() - x).abs().mean(), precision)
 
 
 def latent_step(channels_last: bool, precision: str):
-    recipe = load_recipe(DiffusionRecipe, ROOT / "recipes" / "demo-ldm-shapes.toml")
-    recipe = M.resolve(recipe, channels=3, size=16)
+    recipe = M.resolve(load_recipe(DiffusionRecipe, ROOT / "recipes" / "demo-ldm-shapes.toml"), channels=3, size=16)
     torch.manual_seed(0)
     unet, cond = M.build(recipe)
-    unet.train(), cond.train()
+    unet.train()
+    cond.train()
     batch = recipe.train.batch_size
     x = torch.randn(batch, 3, 16, 16)
     t = torch.randint(0, 1000, (batch,))
     texts = ["a large yellow circle above a small green square"] * batch
     if channels_last:
         unet, x = unet.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW([*unet.parameters(), *cond.parameters()], lr=1e-4, fused=True)
-
-    def step() -> None:
-        with autocast(CPU, precision):
-            loss = F.mse_loss(unet(x, t, **cond(texts)).float(), x)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
-def alternated_ms(steps: list, repeats: int) -> list[float]:
-    for step in steps:
-        step()
-    best = [float("inf")] * len(steps)
-    for _ in range(repeats):
-        for i, step in enumerate(steps):
-            start = time.perf_counter()
-            step()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return [b * 1e3 for b in best]
+    return training_step([*unet.parameters(), *cond.parameters()], lambda: F.mse_loss(unet(x, t, **cond(texts)).float(), x), precision)
 
 
 def profile(step) -> tuple[float, float, float]:
@@ -113,7 +97,7 @@ def main() -> None:
     figures = {"precision": precision, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     for name, make in (("autoencoder", autoencoder_step), ("latent", latent_step)):
         nchw, channels_last = make(False, precision), make(True, precision)
-        nchw_ms, cl_ms = alternated_ms([nchw, channels_last], args.repeats)
+        nchw_ms, cl_ms = (s * 1e3 for s in alternated_best_s([nchw, channels_last], args.repeats, CPU))
         conv_share, matmul_share, rate = profile(nchw)
         figures |= {f"{name}_nchw_ms": nchw_ms, f"{name}_channels_last_ms": cl_ms, f"{name}_channels_last_speedup": nchw_ms / cl_ms,
                     f"{name}_conv_share": conv_share, f"{name}_matmul_share": matmul_share, f"{name}_conv_gflop_s": rate}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -31,18 +32,24 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def alternated_rates(fns, x: torch.Tensor, precision: str, repeats: int) -> list[float]:
-    """Images/s of each fn on batch x (no grad, bf16 autocast or fp32), best of `repeats`, timed in
-    alternation so that load from other processes hits all alike."""
+def alternated_best_s(fns, repeats: int, device: torch.device) -> list[float]:
+    """Best wall-clock seconds of each zero-argument fn over `repeats`, after one warm-up call each,
+    timed in alternation so that load from other processes hits all alike."""
+    for fn in fns:
+        fn()
     best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
+def alternated_rates(fns, x: torch.Tensor, precision: str, repeats: int) -> list[float]:
+    """Images/s of each fn on batch x (no grad, bf16 autocast or fp32), best of `repeats`, alternated."""
     with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        for fn in fns:
-            fn(x)
-        for _ in range(repeats):
-            for i, fn in enumerate(fns):
-                synchronize(x.device)
-                start = time.perf_counter()
-                fn(x)
-                synchronize(x.device)
-                best[i] = min(best[i], time.perf_counter() - start)
+        best = alternated_best_s([functools.partial(fn, x) for fn in fns], repeats, x.device)
     return [x.shape[0] / b for b in best]
