@@ -49,7 +49,8 @@ def test_latent_shards_carry_fields_and_stats_cover_every_sample(blob_shards, ti
         assert z.shape == (3, 16, 16) and z.dtype == np.float32
         image = torch.from_numpy(png_array(source[key]["png"]).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
         with torch.no_grad():
-            np.testing.assert_allclose(z, model.encode(image)[0].numpy(), rtol=1e-5, atol=1e-5)
+            # batch 7 against batch 1 picks other oneDNN kernels: 2.6e-5 apart on an AVX-512 EPYC; a mix-up is O(1)
+            np.testing.assert_allclose(z, model.encode(image)[0].numpy(), rtol=1e-4, atol=1e-4)
         latents.append(z)
     stats = read_stats(out)
     everything = np.stack(latents).astype(np.float64)

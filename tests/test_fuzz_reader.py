@@ -20,9 +20,11 @@ from ldmcli.data.reader import TrainStream, eval_loader
 from ldmcli.errors import UserError
 
 SECONDS = 15
-# Bytes over the starting RSS. Decoding one image at the pixel limit takes up to ~8 bytes a pixel (PIL
-# holds RGB in 4, 16-bit data is scaled through float32); nothing else may come near.
-PEAK_LIMIT = 10 * MAX_PIXELS
+# Bytes over the starting RSS. A valid image at the pixel limit decoded at full size (size=None) holds up to
+# ~20 bytes a pixel at once: PIL's RGB (4), its uint8 array (3) and the float32 tensor (12); compositing
+# transparency and scaling 16-bit data stay within that. A mutated palette PNG declaring 64M pixels took
+# 24 bytes a pixel before to_rgb composited in place (1.24 GB over the start); nothing else may come near.
+PEAK_LIMIT = 20 * MAX_PIXELS
 
 
 def _image(fmt: str, mode: str, rng: random.Random) -> bytes:

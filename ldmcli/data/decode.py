@@ -23,6 +23,7 @@ IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 MAX_PIXELS = 10**8
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+_ROWS = 256
 
 
 class CorruptSample(Exception):
@@ -39,14 +40,26 @@ def has_key(raw: Mapping, name: str) -> bool:
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """8-bit RGB; 16-bit data is scaled (not clipped) and transparency is composited on white."""
+    """8-bit RGB; 16-bit data is scaled (not clipped) and transparency is composited on white.
+
+    Each step works in place or a band at a time so that an image at MAX_PIXELS stays within about 10
+    bytes a pixel: a hostile shard may declare any size up to the limit.
+    """
     if im.mode in _SIXTEEN_BIT:
-        wide = np.asarray(im).astype(np.float32)
-        im = Image.fromarray(np.clip(wide * (255 / 65535) + 0.5, 0, 255).astype(np.uint8), "L")
+        wide = np.asarray(im)
+        narrow = np.empty(wide.shape, np.uint8)
+        for top in range(0, wide.shape[0], _ROWS):
+            rows = wide[top:top + _ROWS].astype(np.float32)
+            np.clip(rows * (255 / 65535) + 0.5, 0, 255, out=rows)
+            narrow[top:top + _ROWS] = rows
+        del wide
+        im = Image.fromarray(narrow, "L")
     if im.mode in _ALPHA or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        if im.mode not in ("RGBA", "LA"):
+            im = im.convert("RGBA")
+        behind = ImageOps.invert(im.getchannel("A"))
+        im.paste((255,) * len(im.getbands()), mask=behind)
+        del behind
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
