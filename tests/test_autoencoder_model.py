@@ -182,6 +182,16 @@ def test_shortcuts_fold_and_unfold_are_box_filter_and_nearest_for_rgb_latents():
     torch.testing.assert_close(fold(x, 4, 4)[:, 0], F.pixel_unshuffle(x, 4)[:, :12].mean(dim=1))
 
 
+def test_bicubic_unfold_interpolates_each_image_channels_block_means():
+    z = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(unfold(z, 4, 3, "bicubic"), F.interpolate(z, scale_factor=4, mode="bicubic"))
+    z4 = torch.randn(2, 4, 4, 4)  # 4 latent channels over 3 image channels: the nearest blocks' means, interpolated
+    means = F.avg_pool2d(unfold(z4, 4, 3), 4)
+    torch.testing.assert_close(unfold(z4, 4, 3, "bicubic"), F.interpolate(means, scale_factor=4, mode="bicubic"))
+    smooth = F.interpolate(torch.randn(1, 3, 2, 2), size=(8, 8), mode="bilinear", align_corners=True)
+    assert unfold(smooth, 4, 3, "bicubic").diff(dim=-1).abs().max() < unfold(smooth, 4, 3).diff(dim=-1).abs().max() / 2
+
+
 @pytest.mark.parametrize("bottleneck", ["kl", "vq"])
 def test_shortcut_autoencoder_starts_as_the_box_filter_codec_and_trains(bottleneck):
     torch.manual_seed(0)
@@ -191,6 +201,8 @@ def test_shortcut_autoencoder_starts_as_the_box_filter_codec_and_trains(bottlene
     torch.testing.assert_close(model.encode(x), box)
     if bottleneck == "kl":
         torch.testing.assert_close(model.decode(box), F.interpolate(box, scale_factor=4))
+        bicubic = Autoencoder(tiny(channel_mult=[1, 2, 2], shortcut=True, shortcut_upsample="bicubic"))
+        torch.testing.assert_close(bicubic.decode(box), F.interpolate(box, scale_factor=4, mode="bicubic"))
     recon, _ = model(x)
     recon.sub(x).abs().mean().backward()
     assert model.decoder.conv_out.weight.grad.abs().sum() > 0

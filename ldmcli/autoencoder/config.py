@@ -48,6 +48,11 @@ class AutoencoderConfig:
     # is already a box-filter codec, so a short training refines resampling instead of learning it.
     # Needs (in_channels * f^2) % embed_dim == 0; not part of the diffusers/CompVis layouts.
     shortcut: bool = False
+    # How the decoder's shortcut brings the latent to full size: "nearest" (DC-AE's channel-to-space: constant
+    # f x f blocks, whose edges the decoder must learn to cancel, and which an adversarial term leaves as a
+    # faint grid of period f) or "bicubic" (each image channel's block mean interpolated bicubically, so the
+    # decoder only adds the detail that smooth resampling misses).
+    shortcut_upsample: Literal["nearest", "bicubic"] = "nearest"
     # Set on import from diffusers (e.g. 0.18215 for SD's KL-f8); `ldm encode` measures its own.
     scaling_factor: float | None = None
 

@@ -115,9 +115,13 @@ def fold(x: torch.Tensor, factor: int, channels: int) -> torch.Tensor:
     return h.unflatten(1, (channels, h.shape[1] // channels)).mean(dim=2)
 
 
-def unfold(z: torch.Tensor, factor: int, channels: int) -> torch.Tensor:
-    """The shortcut out of the latent: each channel repeated over its group, then channel-to-space."""
-    return F.pixel_shuffle(z.repeat_interleave(channels * factor * factor // z.shape[1], dim=1), factor)
+def unfold(z: torch.Tensor, factor: int, channels: int, mode: str = "nearest") -> torch.Tensor:
+    """The shortcut out of the latent: each channel repeated over its group, then channel-to-space; with
+    mode "bicubic" each image channel's f x f block means are interpolated instead of held constant."""
+    blocks = F.pixel_shuffle(z.repeat_interleave(channels * factor * factor // z.shape[1], dim=1), factor)
+    if mode == "nearest":
+        return blocks
+    return F.interpolate(F.avg_pool2d(blocks, factor), scale_factor=factor, mode=mode, align_corners=False)
 
 
 class Autoencoder(nn.Module):
@@ -143,7 +147,8 @@ class Autoencoder(nn.Module):
     @torch.no_grad()
     def _init_outputs(self) -> None:
         """The posterior's log-variance bias at `logvar_init`; with shortcuts, the mean rows and the decoder's
-        last layer at zero, so the untrained model is exactly the box-filter codec."""
+        last layer at zero, so the untrained model is exactly the box-filter codec (box down, nearest or
+        bicubic up)."""
         cfg, e = self.config, self.config.embed_dim
         out = self.quant_conv if self.quant_conv is not None else self.encoder.conv_out
         if cfg.bottleneck == "kl" and cfg.logvar_init:
@@ -192,7 +197,9 @@ class Autoencoder(nn.Module):
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         z = z.to(self.decoder.conv_in.weight.dtype)
         out = self.decoder(z if self.post_quant_conv is None else self.post_quant_conv(z))
-        return out.float() + unfold(z.float(), self.factor, self.config.in_channels) if self.config.shortcut else out
+        if not self.config.shortcut:
+            return out
+        return out.float() + unfold(z.float(), self.factor, self.config.in_channels, self.config.shortcut_upsample)
 
     def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Reconstruction and the bottleneck's terms: `kl` per sample (KL) or `codebook_loss`, `perplexity` (VQ)."""
