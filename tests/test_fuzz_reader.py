@@ -142,10 +142,11 @@ def test_transparency_is_composited_without_full_size_copies():
     side = 4096
     pal = Image.new("P", (side, side), 1)
     pal.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    pal.paste(0, (0, 0, side, 16))  # transparent rows on top
     buf = io.BytesIO()
     pal.save(buf, "PNG", transparency=0)
     del pal
     start = reset_peak_rss()
     out = open_image(buf.getvalue())
-    assert out.mode == "RGB" and out.getpixel((0, 0)) == (200, 10, 10)
+    assert out.mode == "RGB" and out.getpixel((0, 0)) == (255, 255, 255) and out.getpixel((0, 16)) == (200, 10, 10)
     assert (rss("VmHWM") - start) / side**2 < 12

@@ -118,10 +118,11 @@ def fold(x: torch.Tensor, factor: int, channels: int) -> torch.Tensor:
 def unfold(z: torch.Tensor, factor: int, channels: int, mode: str = "nearest") -> torch.Tensor:
     """The shortcut out of the latent: each channel repeated over its group, then channel-to-space; with
     mode "bicubic" each image channel's f x f block means are interpolated instead of held constant."""
-    blocks = F.pixel_shuffle(z.repeat_interleave(channels * factor * factor // z.shape[1], dim=1), factor)
+    groups = z.repeat_interleave(channels * factor * factor // z.shape[1], dim=1)
     if mode == "nearest":
-        return blocks
-    return F.interpolate(F.avg_pool2d(blocks, factor), scale_factor=factor, mode=mode, align_corners=False)
+        return F.pixel_shuffle(groups, factor)
+    means = groups.unflatten(1, (channels, factor * factor)).mean(dim=2)  # what channel-to-space would hold per block
+    return F.interpolate(means, scale_factor=factor, mode=mode, align_corners=False)
 
 
 class Autoencoder(nn.Module):

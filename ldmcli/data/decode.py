@@ -42,8 +42,8 @@ def has_key(raw: Mapping, name: str) -> bool:
 def to_rgb(im: Image.Image) -> Image.Image:
     """8-bit RGB; 16-bit data is scaled (not clipped) and transparency is composited on white.
 
-    Works on `im` in place, or a band of rows at a time, so that an image at MAX_PIXELS stays within about
-    10 bytes a pixel: a hostile shard may declare any size up to the limit.
+    Works on `im` in place, or a band of rows at a time, so that no full-size RGBA or float copy is made: a
+    hostile shard may declare any size up to MAX_PIXELS (tests/test_fuzz_reader.py bounds the peak).
     """
     if im.mode in _SIXTEEN_BIT:
         wide = np.asarray(im)
