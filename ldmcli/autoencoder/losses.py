@@ -1,6 +1,6 @@
 """The first stage's objective (paper §3.1 and App. G; CompVis `contperceptual.py`, taming `vqperceptual.py`).
 
-Generator: nll = (|x - x̂| + w_p·LPIPS + w_fm·feature matching) / exp(s) + s with a learned scalar s,
+Generator: nll = (|x - x̂| + w_p·LPIPS + w_fm·feature matching + w_s·spectral) / exp(s) + s with a learned scalar s,
 plus kl_weight·KL (KL: sums per sample, as CompVis) or codebook_weight·codebook loss (VQ: means, as
 taming), plus the adversarial term, weighted adaptively so that its gradient at the decoder's last layer
 is as large as the reconstruction's. Discriminator: hinge or non-saturating loss on real vs decoded.
@@ -40,6 +40,33 @@ def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor, kin
 def feature_matching(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
     """Per-sample sum over layers of the mean |D_l(x) - D_l(x̂)|, real features held constant."""
     return sum((r.detach().float() - f.float()).abs().mean(dim=(1, 2, 3)) for r, f in zip(real, fake))
+
+
+def _hann2d(size: int, device: torch.device) -> torch.Tensor:
+    w = torch.hann_window(size, periodic=True, device=device)
+    return w[:, None] * w[None, :]
+
+
+def spectral_distance(x: torch.Tensor, recon: torch.Tensor, windows: list[int]) -> torch.Tensor:
+    """Per-sample mean L1 between local magnitude spectra, averaged over window sizes.
+
+    The image analogue of neural audio codecs' multi-resolution STFT loss: Hann-windowed patches of each
+    size (hop half a window), orthonormal 2-D FFT, |X| compared without phase. Pixel L1 alone prefers the
+    median of an unpredictable texture, i.e. a flat patch; this term asks for the texture's local energy at
+    each frequency while leaving where it sits to the pixel term. Orthonormal, so values are on the pixel
+    L1's scale.
+    """
+    total = torch.zeros(x.shape[0], device=x.device)
+    for size in windows:
+        size = min(size, x.shape[-2], x.shape[-1])
+        window = _hann2d(size, x.device)
+        hop = max(size // 2, 1)
+        mags = []
+        for img in (x, recon):
+            patches = img.float().unfold(2, size, hop).unfold(3, size, hop)
+            mags.append(torch.fft.rfft2(patches * window, norm="ortho").abs())
+        total = total + (mags[0] - mags[1]).abs().mean(dim=(1, 2, 3, 4, 5))
+    return total / len(windows)
 
 
 class LogVar(nn.Module):
@@ -89,6 +116,10 @@ class AutoencoderLoss:
             p = self.perceptual(x, recon)
             extra = extra + cfg.perceptual_weight * p
             logs["perceptual"] = p.mean().detach()
+        if cfg.spectral_weight > 0:
+            spec = spectral_distance(x, recon, cfg.spectral_windows)
+            extra = extra + cfg.spectral_weight * spec
+            logs["spectral"] = spec.mean().detach()
         gan_on = disc is not None and cfg.disc_weight > 0 and step >= cfg.disc_start
         logits_fake = None
         if disc is not None and self.feature_matching_on(step):
