@@ -84,10 +84,11 @@ class LossConfig:
     # phase before it lets the autoencoder learn the image first, without the cost of the discriminator.
     feature_matching_start: int = 0
     max_adaptive_weight: float = 1e4
-    # Multi-resolution spectral term (losses.spectral_distance): L1 between the magnitude spectra of
-    # Hann-windowed patches of these sizes, so unpredictable texture is reproduced with its energy rather
-    # than averaged flat. Needs no pretrained weights; 0 turns it off.
+    # Multi-resolution spectral terms (losses.spectral_distances): L1 between the linear / log magnitude
+    # spectra of Hann-windowed patches of these sizes, so unpredictable texture is reproduced with its
+    # energy rather than averaged flat. Need no pretrained weights; 0 turns each off.
     spectral_weight: float = 0.0
+    spectral_log_weight: float = 0.0
     spectral_windows: list[int] = field(default_factory=lambda: [8, 16])
 
 

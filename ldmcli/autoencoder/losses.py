@@ -1,6 +1,6 @@
 """The first stage's objective (paper §3.1 and App. G; CompVis `contperceptual.py`, taming `vqperceptual.py`).
 
-Generator: nll = (|x - x̂| + w_p·LPIPS + w_fm·feature matching + w_s·spectral) / exp(s) + s with a learned scalar s,
+Generator: nll = (|x - x̂| + w_p·LPIPS + w_fm·feature matching + w_s·spectral + w_sl·log spectral) / exp(s) + s with a learned scalar s,
 plus kl_weight·KL (KL: sums per sample, as CompVis) or codebook_weight·codebook loss (VQ: means, as
 taming), plus the adversarial term, weighted adaptively so that its gradient at the decoder's last layer
 is as large as the reconstruction's. Discriminator: hinge or non-saturating loss on real vs decoded.
@@ -47,16 +47,22 @@ def _hann2d(size: int, device: torch.device) -> torch.Tensor:
     return w[:, None] * w[None, :]
 
 
-def spectral_distance(x: torch.Tensor, recon: torch.Tensor, windows: list[int]) -> torch.Tensor:
-    """Per-sample mean L1 between local magnitude spectra, averaged over window sizes.
+LOG_MAGNITUDE_FLOOR = 1e-2
+
+
+def spectral_distances(x: torch.Tensor, recon: torch.Tensor, windows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean L1 between local magnitude spectra, linear and log, averaged over window sizes.
 
     The image analogue of neural audio codecs' multi-resolution STFT loss: Hann-windowed patches of each
     size (hop half a window), orthonormal 2-D FFT, |X| compared without phase. Pixel L1 alone prefers the
     median of an unpredictable texture, i.e. a flat patch; this term asks for the texture's local energy at
-    each frequency while leaving where it sits to the pixel term. Orthonormal, so values are on the pixel
-    L1's scale.
+    each frequency while leaving where it sits to the pixel term. Orthonormal, so the linear distance is on
+    the pixel L1's scale; it weights each frequency by its amplitude, so the faint high frequencies that
+    blurring loses cost little there. The log distance, log(|X| + floor) with a floor near 8-bit
+    quantisation noise in [-1, 1] units, weights a lost octave the same at every amplitude.
     """
-    total = torch.zeros(x.shape[0], device=x.device)
+    linear = torch.zeros(x.shape[0], device=x.device)
+    log = torch.zeros(x.shape[0], device=x.device)
     for size in windows:
         size = min(size, x.shape[-2], x.shape[-1])
         window = _hann2d(size, x.device)
@@ -65,8 +71,10 @@ def spectral_distance(x: torch.Tensor, recon: torch.Tensor, windows: list[int]) 
         for img in (x, recon):
             patches = img.float().unfold(2, size, hop).unfold(3, size, hop)
             mags.append(torch.fft.rfft2(patches * window, norm="ortho").abs())
-        total = total + (mags[0] - mags[1]).abs().mean(dim=(1, 2, 3, 4, 5))
-    return total / len(windows)
+        dims = (1, 2, 3, 4, 5)
+        linear = linear + (mags[0] - mags[1]).abs().mean(dim=dims)
+        log = log + (torch.log(mags[0] + LOG_MAGNITUDE_FLOOR) - torch.log(mags[1] + LOG_MAGNITUDE_FLOOR)).abs().mean(dim=dims)
+    return linear / len(windows), log / len(windows)
 
 
 class LogVar(nn.Module):
@@ -116,10 +124,10 @@ class AutoencoderLoss:
             p = self.perceptual(x, recon)
             extra = extra + cfg.perceptual_weight * p
             logs["perceptual"] = p.mean().detach()
-        if cfg.spectral_weight > 0:
-            spec = spectral_distance(x, recon, cfg.spectral_windows)
-            extra = extra + cfg.spectral_weight * spec
-            logs["spectral"] = spec.mean().detach()
+        if cfg.spectral_weight > 0 or cfg.spectral_log_weight > 0:
+            spec, log_spec = spectral_distances(x, recon, cfg.spectral_windows)
+            extra = extra + cfg.spectral_weight * spec + cfg.spectral_log_weight * log_spec
+            logs.update(spectral=spec.mean().detach(), spectral_log=log_spec.mean().detach())
         gan_on = disc is not None and cfg.disc_weight > 0 and step >= cfg.disc_start
         logits_fake = None
         if disc is not None and self.feature_matching_on(step):
