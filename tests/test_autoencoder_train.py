@@ -59,6 +59,8 @@ def test_a_bad_recipe_value_is_one_line(blob_shards, tmp_path):  # noqa: F811
     assert result.returncode == 2 and "model.bottleneck" in result.stderr and "Traceback" not in result.stderr
     result = run_ldm("train-ae", str(blob_shards), "--out", str(tmp_path / "s"), "--set", "model.shortcut=true", "--set", "model.embed_dim=5", "--set", "loss.perceptual=none")
     assert result.returncode == 2 and "divisible by model.embed_dim (5)" in result.stderr and "Traceback" not in result.stderr
+    result = run_ldm("train-ae", str(blob_shards), "--out", str(tmp_path / "t"), "--set", "loss.spectral_weight=1", "--set", "loss.spectral_windows=[0]", "--set", "loss.perceptual=none")
+    assert result.returncode == 2 and "loss.spectral_windows" in result.stderr and "Traceback" not in result.stderr
 
 
 PAPER = ["ae-kl-f4", "ae-kl-f8", "ae-kl-f16", "ae-kl-f32", "ae-vq-f4", "ae-vq-f8", "ae-vq-f16"]

@@ -1,9 +1,10 @@
 """The first stage's objective (paper §3.1 and App. G; CompVis `contperceptual.py`, taming `vqperceptual.py`).
 
-Generator: nll = (|x - x̂| + w_p·LPIPS + w_fm·feature matching + w_s·spectral + w_sl·log spectral) / exp(s) + s with a learned scalar s,
-plus kl_weight·KL (KL: sums per sample, as CompVis) or codebook_weight·codebook loss (VQ: means, as
-taming), plus the adversarial term, weighted adaptively so that its gradient at the decoder's last layer
-is as large as the reconstruction's. Discriminator: hinge or non-saturating loss on real vs decoded.
+Generator: nll = (|x - x̂| + w_p·LPIPS + w_fm·feature matching + w_s·spectral + w_sl·log spectral) / exp(s) + s
+with a learned scalar s, plus kl_weight·KL (KL: sums per sample, as CompVis) or codebook_weight·codebook
+loss (VQ: means, as taming), plus the adversarial term, weighted adaptively so that its gradient at the
+decoder's last layer is as large as the reconstruction's. Discriminator: hinge or non-saturating loss on
+real vs decoded.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 
 from ldmcli.autoencoder.config import LossConfig
 from ldmcli.autoencoder.lpips_loader import load_lpips
+from ldmcli.errors import UserError
 
 
 def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float = 1e4) -> torch.Tensor:
@@ -92,6 +94,8 @@ class AutoencoderLoss:
         self.cfg = cfg
         self.bottleneck = bottleneck
         self.lpips = load_lpips(cfg.lpips_net, cfg.lpips_weights or None) if cfg.perceptual == "lpips" else None
+        if (cfg.spectral_weight > 0 or cfg.spectral_log_weight > 0) and (not cfg.spectral_windows or min(cfg.spectral_windows) < 2):
+            raise UserError(f"loss.spectral_windows must list window sizes of at least 2 px, got {cfg.spectral_windows}")
 
     @property
     def uses_discriminator(self) -> bool:
