@@ -2,7 +2,9 @@
 
 The run gets SIGTERM when the budget is spent; the loop checkpoints and stops, and the EMA weights of
 that checkpoint (or the finished model dir) are evaluated next to bicubic resampling at the same
-latent size. Figures are printed last as `name: value` lines.
+latent size, and next to bicubic through an RGB image that holds as many numbers as the latent (the
+same grid when the latent has 3 channels; 23 px for 6 x 16 x 16). Figures are printed last as
+`name: value` lines.
 
   python bench/ae_recon.py --recipe recipes/ae-kl-f4-photos.toml --train data/photos --val data/photos-val \
       --minutes 20 --out runs/bench-kl-f4 --json kl-f4.json
@@ -18,6 +20,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ldmcli.data.reader import eval_loader
+from ldmcli.metrics.recon import ReconAccumulator, bicubic_through, same_numbers_side
 from report import report
 
 
@@ -35,6 +40,17 @@ def model_dir_from_checkpoint(run: Path) -> tuple[Path, int]:
     if (ckpt / "ema.autoencoder.safetensors").is_file():
         shutil.copy(ckpt / "ema.autoencoder.safetensors", out / "ema.safetensors")
     return out, json.loads((ckpt / "state.json").read_text())["step"]
+
+
+def same_numbers_bicubic(val: str, size: int, factor: int, latent_channels: int) -> dict:
+    """The bicubic baseline at the latent's count of numbers rather than its grid."""
+    side = same_numbers_side(size, factor, latent_channels)
+    figures = ReconAccumulator(factor)
+    for batch in eval_loader(val, batch_size=64, size=size):
+        images = batch["image"].float()
+        figures.add(images, bicubic_through(images, (side, side)))
+    result = figures.result()
+    return {"same_numbers_side": side, **{f"bicubic_same_numbers_{k}": result[k] for k in ("psnr", "ssim", "hf_ratio")}}
 
 
 def main() -> None:
@@ -72,6 +88,8 @@ def main() -> None:
     figures = json.loads(recon_json.read_text())
     result = {"recipe": args.recipe, "train_minutes": round(minutes, 2), "budget_minutes": args.minutes, "stopped_by_budget": stopped,
               "steps": step, **{k: figures[k] for k in ("images", "factor", "psnr", "bicubic_psnr", "ssim", "bicubic_ssim", "hf_ratio", "bicubic_hf_ratio", "lpips")}}
+    latent_channels = json.loads((model / "config.json").read_text())["config"]["embed_dim"]
+    result |= {"latent_channels": latent_channels, **same_numbers_bicubic(args.val, args.size, figures["factor"], latent_channels)}
     report(result, args.json)
 
 

@@ -11,7 +11,7 @@ from conftest import run_cli
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
-from ldmcli.metrics.recon import bicubic_roundtrip, high_frequency_energy, psnr, ssim
+from ldmcli.metrics.recon import bicubic_roundtrip, bicubic_through, high_frequency_energy, psnr, same_numbers_side, ssim
 
 
 def test_psnr_and_ssim_agree_with_scikit_image():
@@ -40,6 +40,15 @@ def test_high_frequency_energy_splits_at_nyquist_over_f():
     assert high_frequency_energy(high, 2).item() < 0.05 * energy
     blurred = bicubic_roundtrip(high, 4)
     assert high_frequency_energy(blurred, 4) < 0.2 * high_frequency_energy(high, 4)
+
+
+def test_same_numbers_baseline_matches_the_latent_count():
+    # 3 x 16 x 16 latent: the latent grid itself; 6 x 16 x 16 = 1,536 numbers ~ 3 x 23 x 23 = 1,587.
+    assert same_numbers_side(64, 4, 3) == 16 and same_numbers_side(64, 4, 6) == 23 and same_numbers_side(64, 8, 4) == 9
+    torch.manual_seed(0)
+    images = torch.nn.functional.interpolate(torch.rand(2, 3, 16, 16) * 2 - 1, size=64, mode="bilinear")
+    assert torch.equal(bicubic_through(images, (16, 16)), bicubic_roundtrip(images, 4))
+    assert (psnr(images, bicubic_through(images, (23, 23))) > psnr(images, bicubic_roundtrip(images, 4))).all()
 
 
 def test_eval_recon_writes_json_and_pairs(blob_shards, tiny_ae, tmp_path):  # noqa: F811

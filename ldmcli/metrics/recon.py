@@ -49,8 +49,19 @@ def high_frequency_energy(images: torch.Tensor, factor: int) -> torch.Tensor:
 def bicubic_roundtrip(images: torch.Tensor, factor: int) -> torch.Tensor:
     """Antialiased bicubic down by `factor` then bicubic up: resampling at the autoencoder's latent size."""
     h, w = images.shape[-2:]
-    small = F.interpolate(images.float(), size=(math.ceil(h / factor), math.ceil(w / factor)), mode="bicubic", antialias=True, align_corners=False)
-    return F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
+    return bicubic_through(images, (math.ceil(h / factor), math.ceil(w / factor)))
+
+
+def bicubic_through(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bicubic down to `size` then bicubic back to the images' size."""
+    small = F.interpolate(images.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+    return F.interpolate(small, size=images.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def same_numbers_side(size: int, factor: int, latent_channels: int, image_channels: int = 3) -> int:
+    """Side of the RGB image that holds as many numbers as a latent_channels x (size / factor)^2 latent:
+    the fair resampling baseline for a latent with more channels than the image."""
+    return round(size / factor * math.sqrt(latent_channels / image_channels))
 
 
 class ReconAccumulator:
