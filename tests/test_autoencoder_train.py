@@ -93,7 +93,7 @@ def test_paper_recipe_builds_and_takes_one_step_at_batch_1(name, tmp_path):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("name", ["ae-kl-f4-photos", "ae-vq-f4-photos", "ae-kl-f4-shapes", "ae-kl-f4-digits"])
+@pytest.mark.parametrize("name", ["ae-kl-f4-photos", "ae-kl-f4-c6-photos", "ae-vq-f4-photos", "ae-kl-f4-shapes", "ae-kl-f4-digits"])
 def test_cpu_recipe_builds_at_factor_4_without_pretrained_weights(name):
     recipe = load_recipe(AutoencoderRecipe, ROOT / "recipes" / f"{name}.toml")
     assert recipe.model.factor == 4 and recipe.loss.perceptual == "none" and recipe.train.grad_clip == 0
