@@ -21,8 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ldmcli.data.reader import eval_loader
-from ldmcli.metrics.recon import ReconAccumulator, bicubic_through, same_numbers_side
+from ldmcli.metrics.recon import same_numbers_side
 from report import report
 
 
@@ -40,17 +39,6 @@ def model_dir_from_checkpoint(run: Path) -> tuple[Path, int]:
     if (ckpt / "ema.autoencoder.safetensors").is_file():
         shutil.copy(ckpt / "ema.autoencoder.safetensors", out / "ema.safetensors")
     return out, json.loads((ckpt / "state.json").read_text())["step"]
-
-
-def same_numbers_bicubic(val: str, size: int, factor: int, latent_channels: int) -> dict:
-    """The bicubic baseline at the latent's count of numbers rather than its grid."""
-    side = same_numbers_side(size, factor, latent_channels)
-    figures = ReconAccumulator(factor)
-    for batch in eval_loader(val, batch_size=64, size=size):
-        images = batch["image"].float()
-        figures.add(images, bicubic_through(images, (side, side)))
-    result = figures.result()
-    return {"same_numbers_side": side, **{f"bicubic_same_numbers_{k}": result[k] for k in ("psnr", "ssim", "hf_ratio")}}
 
 
 def main() -> None:
@@ -87,9 +75,10 @@ def main() -> None:
                     "--json", str(recon_json), "--save", str(run / "recon")], check=True)
     figures = json.loads(recon_json.read_text())
     result = {"recipe": args.recipe, "train_minutes": round(minutes, 2), "budget_minutes": args.minutes, "stopped_by_budget": stopped,
-              "steps": step, **{k: figures[k] for k in ("images", "factor", "psnr", "bicubic_psnr", "ssim", "bicubic_ssim", "hf_ratio", "bicubic_hf_ratio", "lpips")}}
-    latent_channels = json.loads((model / "config.json").read_text())["config"]["embed_dim"]
-    result |= {"latent_channels": latent_channels, **same_numbers_bicubic(args.val, args.size, figures["factor"], latent_channels)}
+              "steps": step, **{k: figures[k] for k in ("images", "factor", "psnr", "bicubic_psnr", "ssim", "bicubic_ssim", "hf_ratio", "bicubic_hf_ratio", "lpips",
+                                          "latent_channels", "bicubic_same_numbers_psnr", "bicubic_same_numbers_ssim",
+                                          "bicubic_same_numbers_hf_ratio")}}
+    result["same_numbers_side"] = same_numbers_side(args.size, figures["factor"], figures["latent_channels"])
     report(result, args.json)
 
 

@@ -61,6 +61,8 @@ def test_eval_recon_writes_json_and_pairs(blob_shards, tiny_ae, tmp_path):  # no
     assert figures["images"] == 40 and figures["factor"] == 2 and figures["skipped"] == 0
     assert figures["lpips"] is None  # no LPIPS backbone in this environment's cache
     assert 10 < figures["psnr"] < 60 and 0 < figures["hf_ratio"] and 25 < figures["bicubic_psnr"]
+    # A 3-channel latent holds as many numbers as its RGB grid: both bicubic baselines are the same resampling.
+    assert figures["latent_channels"] == 3 and figures["bicubic_same_numbers_psnr"] == figures["bicubic_psnr"]
     pairs = sorted(save.iterdir())
     assert len(pairs) == 80
     orig = np.asarray(Image.open(save / "s0000.orig.png"))

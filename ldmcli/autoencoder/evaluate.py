@@ -1,4 +1,5 @@
-"""Reconstruction evaluation of an autoencoder over shards, next to bicubic resampling to the same latent size."""
+"""Reconstruction evaluation of an autoencoder over shards, next to bicubic resampling to the same latent size
+and through an RGB image holding as many numbers as the latent (the fair baseline for more than 3 channels)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from PIL import Image
 from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.autoencoder.tiling import tiled_decode, tiled_encode
 from ldmcli.images import to_uint8
-from ldmcli.metrics.recon import ReconAccumulator, bicubic_roundtrip
+from ldmcli.metrics.recon import ReconAccumulator, bicubic_roundtrip, bicubic_through, same_numbers_side
 from ldmcli.precision import autocast, resolve
 
 
@@ -46,21 +47,25 @@ def evaluate_recon(
 ) -> dict:
     """Figures for the model and for bicubic; `reduce` sums accumulator vectors over ranks."""
     ours, bicubic = ReconAccumulator(model.factor, lpips), ReconAccumulator(model.factor, lpips)
-    skipped = 0
+    same_numbers = ReconAccumulator(model.factor)
+    skipped, channels = 0, model.config.embed_dim
     for batch in batches:
         x = batch["image"].to(device)
         recon = reconstruct(model, x, precision, tile).clamp(-1, 1)
         ours.add(x, recon)
         bicubic.add(x, bicubic_roundtrip(x, model.factor))
+        same_numbers.add(x, bicubic_through(x, tuple(same_numbers_side(n, model.factor, channels) for n in x.shape[-2:])))
         skipped += batch["n_skipped"]
         if save_dir is not None:
             save_pairs(save_dir, batch["__key__"], x, recon)
         on_batch(x.shape[0])
     n = len(ours.vector())
-    total = reduce(ours.vector() + bicubic.vector() + [float(skipped)])
-    ours.load_vector(total[:n])
-    bicubic.load_vector(total[n : 2 * n])
+    total = reduce(ours.vector() + bicubic.vector() + same_numbers.vector() + [float(skipped)])
+    for i, acc in enumerate((ours, bicubic, same_numbers)):
+        acc.load_vector(total[i * n : (i + 1) * n])
     result = {**ours.result(), "rfid": None}
     result |= {f"bicubic_{k}": v for k, v in bicubic.result().items()} | {"bicubic_rfid": None}
+    result |= {f"bicubic_same_numbers_{k}": v for k, v in same_numbers.result().items() if k != "lpips"}
+    result["latent_channels"] = channels
     result |= {"images": int(ours.sums["count"]), "skipped": int(total[-1]), "factor": model.factor}
     return result

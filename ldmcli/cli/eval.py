@@ -38,7 +38,7 @@ def _lpips(weights: Path | None):
 
 def eval_command(
     shards: list[str] = typer.Argument(None, help="Image shards for --recon (or scenes for --layout): paths, dirs, globs, {a..b} or pipe: URLs."),
-    recon: bool = typer.Option(False, "--recon", help="Reconstruction fidelity of --ae, next to bicubic at the same latent size."),
+    recon: bool = typer.Option(False, "--recon", help="Reconstruction fidelity of --ae, next to bicubic at the same latent size and at as many numbers as the latent."),
     ae: Path = typer.Option(None, "--ae", help="Autoencoder model dir (from ldm train-ae or ldm convert)."),
     fid: bool = typer.Option(False, "--fid", help="Frechet Inception Distance of --samples against --ref."),
     kid: bool = typer.Option(False, "--kid", help="Kernel Inception Distance (needs reference images, not statistics)."),
@@ -221,9 +221,10 @@ def _print(result: dict) -> None:
     table.add_column("metric")
     table.add_column("autoencoder", justify="right")
     table.add_column("bicubic", justify="right")
+    table.add_column(f"bicubic, as many numbers as {result['latent_channels']} channels", justify="right")
     for name in ("psnr", "ssim", "hf_ratio", "lpips", "rfid"):
-        ours, base = result[name], result[f"bicubic_{name}"]
-        table.add_row(name, "n/a" if ours is None else f"{ours:.4f}", "n/a" if base is None else f"{base:.4f}")
+        values = (result[name], result[f"bicubic_{name}"], result.get(f"bicubic_same_numbers_{name}"))
+        table.add_row(name, *("n/a" if v is None else f"{v:.4f}" for v in values))
     Console().print(table)
     if result["skipped"]:
         Console(stderr=True).print(f"skipped {result['skipped']} corrupt samples")
