@@ -220,3 +220,25 @@ def test_feature_matching_and_discriminator_wait_for_feature_matching_start():
     assert "feature_matching" not in logs and not criterion.disc_trains(2)
     _, logs = criterion.generator(x, recon, aux, torch.tensor(0.0), disc, model.last_layer(), step=3)
     assert "feature_matching" in logs and criterion.disc_trains(3) and "g_loss" not in logs
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_joint_batch_lets_the_discriminator_see_a_fainter_batch(joint):
+    """A decoded batch at half the real one's amplitude: with its own BatchNorm statistics it reaches the head
+    rescaled to the real batch's (the first conv's bias zeroed, every layer is then homogeneous; weights at
+    unit fan-in scale so BatchNorm's epsilon is negligible), so the two logits agree; through one shared batch
+    they do not. The generator's terms still reach the decoded images."""
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(3, 8, 2)
+    for conv in (m for m in disc.modules() if isinstance(m, torch.nn.Conv2d)):
+        torch.nn.init.kaiming_normal_(conv.weight)
+    disc.layers[0][0].bias.data.zero_()
+    criterion = AutoencoderLoss(LossConfig(perceptual="none", feature_matching_weight=1.0, disc_start=0, disc_joint_batch=joint), "kl")
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    _, logs = criterion.discriminator(disc, x, 0.5 * x)
+    gap = (logs["logits_real"] - logs["logits_fake"]).abs().item()
+    assert (gap > 1e-3) if joint else (gap < 1e-4)
+    recon = (0.5 * x).requires_grad_()
+    loss, logs = criterion.generator(x, recon, {"kl": torch.zeros(4)}, torch.tensor(0.0), disc, recon, step=1)
+    loss.backward()
+    assert {"feature_matching", "g_loss"} <= set(logs) and recon.grad.abs().sum() > 0

@@ -79,6 +79,10 @@ class LossConfig:
     disc_layers: int = 3
     disc_channels: int = 64
     disc_lr: float | None = None
+    # Real and decoded images through the discriminator as one batch, so its BatchNorm normalises both with
+    # the same statistics; in separate batches (as taming and CompVis) each is rescaled on its own, which
+    # hides a blurred batch's missing feature energy from the logits and from feature matching.
+    disc_joint_batch: bool = False
     feature_matching_weight: float = 0.0
     # Step where feature matching (and with it the discriminator's training) starts; a reconstruction-only
     # phase before it lets the autoencoder learn the image first, without the cost of the discriminator.

@@ -135,14 +135,12 @@ class AutoencoderLoss:
         gan_on = disc is not None and cfg.disc_weight > 0 and step >= cfg.disc_start
         logits_fake = None
         if disc is not None and self.feature_matching_on(step):
-            with torch.no_grad():
-                _, real_feats = disc(x, features=True)
-            logits_fake, fake_feats = disc(recon, features=True)
+            real_feats, logits_fake, fake_feats = self._real_and_fake_features(disc, x, recon)
             fm = feature_matching(real_feats, fake_feats)
             extra = extra + cfg.feature_matching_weight * fm
             logs["feature_matching"] = fm.mean().detach()
         elif gan_on:
-            logits_fake = disc(recon)
+            logits_fake = disc(torch.cat([x, recon]))[x.shape[0]:] if cfg.disc_joint_batch else disc(recon)
         nll = (per_pixel + extra[:, None, None, None]) / torch.exp(logvar) + logvar
         nll_loss = nll.sum() / x.shape[0] if self.bottleneck == "kl" else nll.mean()
         loss = nll_loss
@@ -162,8 +160,22 @@ class AutoencoderLoss:
             logs.update(g_loss=g_loss.detach(), d_weight=weight)
         return loss, logs
 
+    def _real_and_fake_features(self, disc: nn.Module, x: torch.Tensor, recon: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+        """Real features (held constant by feature_matching), fake logits and features, in one batch or two."""
+        if self.cfg.disc_joint_batch:
+            logits, feats = disc(torch.cat([x, recon]), features=True)
+            n = x.shape[0]
+            return [f[:n] for f in feats], logits[n:], [f[n:] for f in feats]
+        with torch.no_grad():
+            _, real_feats = disc(x, features=True)
+        logits_fake, fake_feats = disc(recon, features=True)
+        return real_feats, logits_fake, fake_feats
+
     def discriminator(self, disc: nn.Module, x: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits_real = disc(x.detach())
-        logits_fake = disc(recon.detach())
+        if self.cfg.disc_joint_batch:
+            logits_real, logits_fake = disc(torch.cat([x.detach(), recon.detach()])).chunk(2)
+        else:
+            logits_real = disc(x.detach())
+            logits_fake = disc(recon.detach())
         loss = discriminator_loss(logits_real, logits_fake, self.cfg.disc_loss)
         return loss, {"d_loss": loss.detach(), "logits_real": logits_real.float().mean().detach(), "logits_fake": logits_fake.float().mean().detach()}
