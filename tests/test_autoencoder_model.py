@@ -227,7 +227,7 @@ def test_joint_batch_lets_the_discriminator_see_a_fainter_batch(joint):
     """A decoded batch at half the real one's amplitude: with its own BatchNorm statistics it reaches the head
     rescaled to the real batch's (the first conv's bias zeroed, every layer is then homogeneous; weights at
     unit fan-in scale so BatchNorm's epsilon is negligible), so the two logits agree; through one shared batch
-    they do not. The generator's terms still reach the decoded images."""
+    they do not. The generator's terms still reach the decoded images, with feature matching or without."""
     torch.manual_seed(0)
     disc = PatchDiscriminator(3, 8, 2)
     for conv in (m for m in disc.modules() if isinstance(m, torch.nn.Conv2d)):
@@ -242,3 +242,8 @@ def test_joint_batch_lets_the_discriminator_see_a_fainter_batch(joint):
     loss, logs = criterion.generator(x, recon, {"kl": torch.zeros(4)}, torch.tensor(0.0), disc, recon, step=1)
     loss.backward()
     assert {"feature_matching", "g_loss"} <= set(logs) and recon.grad.abs().sum() > 0
+    adversarial_only = AutoencoderLoss(LossConfig(perceptual="none", disc_start=0, disc_joint_batch=joint), "kl")
+    recon.grad = None
+    loss, logs = adversarial_only.generator(x, recon, {"kl": torch.zeros(4)}, torch.tensor(0.0), disc, recon, step=1)
+    loss.backward()
+    assert "feature_matching" not in logs and "g_loss" in logs and recon.grad.abs().sum() > 0

@@ -133,14 +133,13 @@ class AutoencoderLoss:
             extra = extra + cfg.spectral_weight * spec + cfg.spectral_log_weight * log_spec
             logs.update(spectral=spec.mean().detach(), spectral_log=log_spec.mean().detach())
         gan_on = disc is not None and cfg.disc_weight > 0 and step >= cfg.disc_start
-        logits_fake = None
-        if disc is not None and self.feature_matching_on(step):
-            real_feats, logits_fake, fake_feats = self._real_and_fake_features(disc, x, recon)
+        fm_on = disc is not None and self.feature_matching_on(step)
+        if fm_on or gan_on:
+            real_feats, logits_fake, fake_feats = self._judge_decoded(disc, x, recon, need_real=fm_on)
+        if fm_on:
             fm = feature_matching(real_feats, fake_feats)
             extra = extra + cfg.feature_matching_weight * fm
             logs["feature_matching"] = fm.mean().detach()
-        elif gan_on:
-            logits_fake = disc(torch.cat([x, recon]))[x.shape[0]:] if cfg.disc_joint_batch else disc(recon)
         nll = (per_pixel + extra[:, None, None, None]) / torch.exp(logvar) + logvar
         nll_loss = nll.sum() / x.shape[0] if self.bottleneck == "kl" else nll.mean()
         loss = nll_loss
@@ -160,14 +159,19 @@ class AutoencoderLoss:
             logs.update(g_loss=g_loss.detach(), d_weight=weight)
         return loss, logs
 
-    def _real_and_fake_features(self, disc: nn.Module, x: torch.Tensor, recon: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
-        """Real features (held constant by feature_matching), fake logits and features, in one batch or two."""
+    def _judge_decoded(
+        self, disc: nn.Module, x: torch.Tensor, recon: torch.Tensor, need_real: bool
+    ) -> tuple[list[torch.Tensor] | None, torch.Tensor, list[torch.Tensor]]:
+        """The generator's view: real features (for feature matching, held constant there), decoded logits and
+        features. Under disc_joint_batch the real images always come along, since they set BatchNorm's statistics."""
         if self.cfg.disc_joint_batch:
             logits, feats = disc(torch.cat([x, recon]), features=True)
             n = x.shape[0]
             return [f[:n] for f in feats], logits[n:], [f[n:] for f in feats]
-        with torch.no_grad():
-            _, real_feats = disc(x, features=True)
+        real_feats = None
+        if need_real:
+            with torch.no_grad():
+                _, real_feats = disc(x, features=True)
         logits_fake, fake_feats = disc(recon, features=True)
         return real_feats, logits_fake, fake_feats
 
