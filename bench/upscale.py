@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--sampler", default="dpmpp_2m")
+    parser.add_argument("--eta", type=float, help="stochastic samplers' noise per step (default: the sampler's own)")
     parser.add_argument("--noise-level", type=int, default=0)
     parser.add_argument("--save", type=Path, help="PNG grid: rows of bicubic, SR, original for the first 8 crops")
     parser.add_argument("--json", type=Path)
@@ -42,7 +43,7 @@ def main() -> None:
     model = M.load(args.model, device)
     scale = model.recipe.task.scale
     size = model.recipe.first_stage.size * model.first_stage.factor
-    pipe = Pipeline(model, Settings(sampler=args.sampler, steps=args.steps, noise_level=args.noise_level, guidance=1.0), device)
+    pipe = Pipeline(model, Settings(sampler=args.sampler, steps=args.steps, noise_level=args.noise_level, guidance=1.0, eta=args.eta), device)
     figures = {name: ReconAccumulator(scale) for name in ("sr", "bicubic", "ae")}
     images, sr_time, shown = 0, 0.0, []
     for batch in eval_loader(args.val, batch_size=16, size=size):
@@ -61,7 +62,8 @@ def main() -> None:
             break
     if args.save:
         save_grid(torch.cat(shown), args.save, nrow=len(shown[0]))
-    out = {"images": images, "size": size, "scale": scale, "steps": args.steps}
+    out = {"images": images, "size": size, "scale": scale, "sampler": args.sampler, "steps": args.steps}
+    out |= {"eta": args.eta} if args.eta is not None else {}
     for name, acc in figures.items():
         res = acc.result()
         out |= {f"{name}_psnr": res["psnr"], f"{name}_ssim": res["ssim"], f"{name}_hf_ratio": res["hf_ratio"]}

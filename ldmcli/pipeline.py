@@ -38,7 +38,9 @@ class Settings:
     in overlapping tiles of this many latent pixels when the latent is larger, and denoise so for
     super-resolution and inpainting models (0 = never). noise_level: the augmentation level a
     super-resolution model trained with noise levels is told its low-resolution input has. compile: the
-    UNet through torch.compile with frozen weights (a one-off compile, then faster steps)."""
+    UNet through torch.compile with frozen weights (a one-off compile, then faster steps). eta: the
+    stochastic samplers' fresh noise per step (ddim, euler_a, dpmpp_2m_sde; None: the sampler's own), the
+    knob between a deterministic ODE solve and ancestral sampling."""
 
     sampler: str = "dpmpp_2m"
     steps: int = 25
@@ -54,6 +56,7 @@ class Settings:
     precision: str = "auto"
     noise_level: int = 0
     compile: bool = False
+    eta: float | None = None
 
 
 def inpaint_denoiser(denoise: Denoiser, known: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor,
@@ -111,6 +114,12 @@ class Pipeline:
             raise UserError(f"unknown timestep spacing '{s.spacing}' (choose from {', '.join(SPACINGS)})")
         if not 1 <= s.steps <= len(self.model.alphas_cumprod):
             raise UserError(f"--steps must be between 1 and {len(self.model.alphas_cumprod)}, got {s.steps}")
+        if s.eta is not None:
+            with_eta = ", ".join(k for k, v in SAMPLERS.items() if v.eta is not None)
+            if SAMPLERS[s.sampler].eta is None:
+                raise UserError(f"--eta needs a stochastic sampler ({with_eta}), not {s.sampler}")
+            if not 0 <= s.eta <= 1:
+                raise UserError(f"--eta must be in [0, 1], got {s.eta}")
         if s.karras and not SAMPLERS[s.sampler].sigma_based:
             sigma_based = ", ".join(k for k, v in SAMPLERS.items() if v.sigma_based)
             raise UserError(f"--karras needs a sigma-based sampler ({sigma_based}), not {s.sampler}")
@@ -274,7 +283,9 @@ class Pipeline:
                 keep = ~F.max_pool2d(mask.to(self.device).float(), self.factor).bool().expand(shape)
                 denoise = inpaint_denoiser(denoise, known, keep, noise, model.alphas_cumprod, model.prediction)
         callback = None if on_step is None else (lambda i, t, xi, x0: on_step(i))
-        z = SAMPLERS[s.sampler].fn(denoise, x, timesteps, model.alphas_cumprod, model.prediction, generator=gens, callback=callback)
+        sampler = SAMPLERS[s.sampler]
+        eta = {} if sampler.eta is None else {"eta": sampler.eta if s.eta is None else s.eta}
+        z = sampler.fn(denoise, x, timesteps, model.alphas_cumprod, model.prediction, generator=gens, callback=callback, **eta)
         task = model.recipe.task
         if task.residual:
             z = from_residual(task, z, low.to(self.device), (s.height, s.width), self.encode).expand(shape)

@@ -41,6 +41,7 @@ NEWER_OPTIONS = [
     (("sample",), ["--model", "{tmp}", "--layout"], "Option '--layout' requires an argument"),
     (("eval",), ["--layout", "--scenes", "many"], "Invalid value for '--scenes'"),
     (("eval",), ["--layout"], "--layout needs --model MODEL_DIR"),
+    (("sample",), ["--model", "{tmp}", "--eta", "some"], "Invalid value for '--eta'"),
 ]
 
 

@@ -108,9 +108,11 @@ def test_upscale_makes_images_four_times_larger_in_tiles(sr_model, tmp_path):
     a, b = Image.open(tmp_path / "up" / "a.png"), Image.open(tmp_path / "up" / "b.png")
     assert a.size == (52, 40) and b.size == (16, 16)
     assert a.text["scale"] == "4" and a.text["noise_level"] == "10" and a.text["source"].endswith("a.png")
-    folder = run_cli("upscale", tmp_path / "up", "--model", sr_model, "--out", tmp_path / "up2", "--steps", "2", "--tile", "0")
+    folder = run_cli("upscale", tmp_path / "up", "--model", sr_model, "--out", tmp_path / "up2", "--steps", "2", "--tile", "0",
+                     "--sampler", "ddim", "--eta", "0.5")
     assert folder.exit_code == 0, folder.output
-    assert Image.open(tmp_path / "up2" / "b.png").size == (64, 64)
+    b2 = Image.open(tmp_path / "up2" / "b.png")
+    assert b2.size == (64, 64) and b2.text["sampler"] == "ddim" and b2.text["eta"] == "0.5"
 
 
 def test_residual_sr_targets_the_difference_from_the_upsampled_input():
@@ -157,6 +159,8 @@ def test_upscale_refuses_what_the_model_cannot_do(sr_model, inpaint_model, tmp_p
     one_error_line(run_cli("upscale", image, "--model", inpaint_model), "trained for task 'inpaint', not super-resolution")
     one_error_line(run_cli("upscale", tmp_path / "missing.png", "--model", sr_model), "no such image or folder")
     one_error_line(run_cli("upscale", image, "--model", sr_model, "--noise-level", "50"), "--noise-level must lie in [0, 49]")
+    one_error_line(run_cli("upscale", image, "--model", sr_model, "--eta", "0.5"), "--eta needs a stochastic sampler (ddim, dpmpp_2m_sde, euler_a), not dpmpp_2m")
+    one_error_line(run_cli("upscale", image, "--model", sr_model, "--sampler", "ddim", "--eta", "1.5"), "--eta must be in [0, 1], got 1.5")
     (tmp_path / "bad.png").write_bytes(b"not a png")
     one_error_line(run_cli("upscale", tmp_path / "bad.png", "--model", sr_model), "cannot read input image")
     one_error_line(run_cli("sample", "--model", sr_model), "use ldm upscale")

@@ -69,6 +69,12 @@ def test_every_sampler_runs_from_the_command_line(class_model, tmp_path):
         sample(class_model, tmp_path / name, "--class", "2", "--n", "1", "--sampler", name, "--steps", "2")
         assert Image.open(tmp_path / name / "00000.png").text["sampler"] == name
     sample(class_model, tmp_path / "k", "--class", "2", "--n", "1", "--sampler", "dpmpp_2m", "--steps", "3", "--karras")
+    for eta in ("0", "0.6"):
+        sample(class_model, tmp_path / f"eta{eta}", "--class", "2", "--n", "1", "--sampler", "euler_a", "--steps", "3", "--eta", eta)
+        assert Image.open(tmp_path / f"eta{eta}" / "00000.png").text["eta"] == eta
+    sample(class_model, tmp_path / "euler", "--class", "2", "--n", "1", "--sampler", "euler", "--steps", "3")
+    assert np.array_equal(pixels(tmp_path / "eta0" / "00000.png"), pixels(tmp_path / "euler" / "00000.png"))
+    assert not np.array_equal(pixels(tmp_path / "eta0.6" / "00000.png"), pixels(tmp_path / "euler" / "00000.png"))
 
 
 @pytest.mark.slow
@@ -172,6 +178,7 @@ def test_img2img_strength_sets_how_far_from_the_init_image(class_model, tmp_path
     ("class_model", ["--class", "10"], "--class 10 is out of range: this model has classes 0..9"),
     ("class_model", ["--prompt", "a cat"], "this model is class-conditional: use --class"),
     ("class_model", ["--sampler", "ddim", "--karras"], "--karras needs a sigma-based sampler"),
+    ("class_model", ["--sampler", "heun", "--eta", "0.5"], "--eta needs a stochastic sampler (ddim, dpmpp_2m_sde, euler_a), not heun"),
     ("class_model", ["--strength", "0.5"], "--strength and --mask need --init IMAGE"),
     ("latent_model", ["--prompt", "a cat"], "this model is unconditional: it takes no --prompt"),
     ("latent_model", ["--height", "30"], "--height 30 is not a positive multiple of 4 (the latent factor 2 x the UNet's 2)"),

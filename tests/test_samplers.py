@@ -29,16 +29,16 @@ def toy_model(x, t):
     return torch.tanh(0.7 * x + 0.3 * x.mean(dim=(1, 2, 3), keepdim=True)) * (0.5 + t / 1000) + 0.05 * torch.sin(3 * x + t / 100)
 
 
-def ours(name, x, timesteps, prediction, zero_snr=False, seed=1):
+def ours(name, x, timesteps, prediction, zero_snr=False, seed=1, **eta):
     abar = alphas_cumprod(ScheduleConfig(kind="scaled_linear", beta_start=0.00085, beta_end=0.012, zero_terminal_snr=zero_snr))
     states = []
     out = SAMPLERS[name].fn(toy_model, x, timesteps, abar, prediction, generator=torch.Generator().manual_seed(seed),
-                            callback=lambda i, t, xi, x0: states.append(xi.clone()))
+                            callback=lambda i, t, xi, x0: states.append(xi.clone()), **eta)
     assert torch.equal(out, states[-1])
     return torch.stack(states)
 
 
-def reference(sched, x, seed=1, sigma_space=False, skip_first=False, eps_from_v=False):
+def reference(sched, x, seed=1, sigma_space=False, skip_first=False, eps_from_v=False, **step_args):
     """Run a diffusers scheduler; return the VP sample after each full step. For sigma-space schedulers the
     input noise is scaled to sigma_max exactly as ours does (not by init_noise_sigma, which is sigma_max
     alone for trailing spacing)."""
@@ -52,7 +52,7 @@ def reference(sched, x, seed=1, sigma_space=False, skip_first=False, eps_from_v=
         if eps_from_v:
             a = sched.alphas_cumprod[t]
             out = (1 - a) ** 0.5 * sample + a**0.5 * out
-        sample = sched.step(out, t, sample, **({"generator": gen} if stochastic else {})).prev_sample
+        sample = sched.step(out, t, sample, **({"generator": gen} if stochastic else {}), **step_args).prev_sample
         if (heun and not sched.state_in_first_order) or (skip_first and k == 0):
             continue
         sigma_next = sched.sigmas[sched.step_index] if sigma_space else 0.0  # the level the sample is now at
@@ -82,6 +82,23 @@ def test_ddim_and_ddpm(name, eta, prediction, steps):
     ts = spaced_timesteps(1000, steps, "leading")
     assert sched.timesteps.tolist() == ts
     close(ours(name, X, ts, prediction), reference(sched, X))
+
+
+@pytest.mark.parametrize("prediction,steps", CASES)
+def test_ddim_eta_between_ode_and_ancestral(prediction, steps):
+    sched = DDIMScheduler(**BETAS, prediction_type=REF_PREDICTION[prediction], timestep_spacing="leading", clip_sample=False,
+                          set_alpha_to_one=True)
+    sched.set_timesteps(steps)
+    ts = spaced_timesteps(1000, steps, "leading")
+    close(ours("ddim", X, ts, prediction, eta=0.5), reference(sched, X, eta=0.5))
+    close(ours("ddim", X, ts, prediction, eta=1.0), ours("ddpm", X, ts, prediction), tol=1e-5)  # eta 1: DDPM's posterior
+
+
+@pytest.mark.parametrize("stochastic,ode", [("euler_a", "euler"), ("dpmpp_2m_sde", "dpmpp_2m")])
+def test_eta_zero_turns_a_stochastic_sampler_into_its_ode_solver(stochastic, ode):
+    ts = spaced_timesteps(1000, 10, "trailing")
+    assert torch.equal(ours(stochastic, X, ts, "v", eta=0.0), ours(ode, X, ts, "v"))
+    assert not torch.allclose(ours(stochastic, X, ts, "v", eta=0.3), ours(ode, X, ts, "v"))
 
 
 @pytest.mark.parametrize("steps", [10, 25])
@@ -198,11 +215,11 @@ def test_unipc_bh2(prediction, steps):
     close(ours("unipc", X, ts, prediction), reference(sched, X))
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
-def test_samplers_draw_from_the_right_distribution_with_the_exact_denoiser(name):
+@pytest.mark.parametrize("name,eta", [(name, None) for name in SAMPLERS] + [(name, 0.5) for name, s in SAMPLERS.items() if s.eta is not None])
+def test_samplers_draw_from_the_right_distribution_with_the_exact_denoiser(name, eta):
     """Independent of diffusers: for Gaussian data N(0.5, 0.3^2) the optimal denoiser is known in closed
     form, so fine enough sampling must give that mean and std (sigma samplers: 100 Karras steps; the
-    discrete ones, first order, 500 steps)."""
+    discrete ones, first order, 500 steps), at any eta."""
     abar = alphas_cumprod(ScheduleConfig(kind="scaled_linear", beta_start=0.0015, beta_end=0.0195))
     mean, std = 0.5, 0.3
 
@@ -215,5 +232,5 @@ def test_samplers_draw_from_the_right_distribution_with_the_exact_denoiser(name)
     ts = spaced_timesteps(1000, 100 if sampler.sigma_based else 500, "linspace")
     ts = karras_timesteps(ts, abar) if sampler.sigma_based else ts
     x = torch.randn(4096, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    out = sampler.fn(exact, x, ts, abar, "eps", generator=torch.Generator().manual_seed(1))
+    out = sampler.fn(exact, x, ts, abar, "eps", generator=torch.Generator().manual_seed(1), **({} if eta is None else {"eta": eta}))
     assert abs(out.mean().item() - mean) < 0.01 and abs(out.std().item() - std) < 0.02, (out.mean().item(), out.std().item())

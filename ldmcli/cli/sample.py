@@ -80,6 +80,9 @@ def _condition_chunks(c) -> dict:
     return {"class": str(c)} if isinstance(c, int) else {"prompt": c}
 
 
+ETA = typer.Option(None, "--eta", help="Fresh noise per step, 0 (deterministic) to 1 (ancestral), for ddim (default 0), euler_a and dpmpp_2m_sde (default 1).")
+
+
 def sample(
     model_dir: Path = typer.Option(..., "--model", "-m", help="Diffusion model dir (from ldm train-diffusion)."),
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="Text prompt (repeatable)."),
@@ -92,6 +95,7 @@ def sample(
     steps: int = typer.Option(25, "--steps", help="Sampler steps (heun costs 2 model calls a step, plms 1 extra)."),
     spacing: str = typer.Option("linspace", "--spacing", help="Timesteps: linspace (T-1 down to 0, even), trailing (even from T-1; last step at T/steps - 1) or leading (even from 0; never reaches T-1)."),
     karras: bool = typer.Option(False, "--karras", help="Karras sigmas (sigma-based samplers)."),
+    eta: float = ETA,
     cfg: float = typer.Option(None, "--cfg", help="Classifier-free guidance scale (default: the model's preview guidance)."),
     rescale: float = typer.Option(0.0, "--rescale", help="Guidance rescale phi in [0, 1] (Lin et al. 2023)."),
     negative: str = typer.Option("", "--negative", help="Negative prompt (text models): replaces the empty prompt in guidance."),
@@ -122,7 +126,7 @@ def sample(
     model = M.load(model_dir, dev)
     settings = Settings(sampler=sampler, steps=steps, spacing=spacing, karras=karras, guidance=cfg, rescale=rescale, negative=negative,
                         height=height, width=width, strength=strength if strength is not None else (1.0 if mask else 0.75),
-                        tile=tile, precision=dtype, compile=compile_unet)
+                        tile=tile, precision=dtype, compile=compile_unet, eta=eta)
     init_im = load_image(init, "--init") if init is not None else None
     if init_im is not None and not (height or width):  # the init image's size, rounded down as diffusers does
         m = model.first_stage.factor * model.unet.size_multiple
@@ -138,6 +142,7 @@ def sample(
     meta = {"sampler": settings.sampler, "steps": str(settings.steps), "spacing": spacing, "guidance": f"{settings.guidance:g}",
             "model": str(model_dir), "model_id": weights_id(model_dir), "size": f"{settings.width}x{settings.height}"}
     meta |= {"karras": "true"} if karras else {}
+    meta |= {"eta": f"{eta:g}"} if eta is not None else {}
     meta |= {"rescale": f"{rescale:g}"} if rescale else {}
     meta |= {"negative": negative} if negative else {}
     meta |= {"init": str(init), "strength": f"{settings.strength:g}"} if init is not None else {}

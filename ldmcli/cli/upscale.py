@@ -14,7 +14,7 @@ from PIL import Image, PngImagePlugin
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ldmcli.cli.sample import load_image, to_tensor
+from ldmcli.cli.sample import ETA, load_image, to_tensor
 from ldmcli.data.folder import IMAGE_SUFFIXES
 from ldmcli.diffusion import model as M
 from ldmcli.diffusion.samplers import SAMPLERS
@@ -63,6 +63,7 @@ def upscale(
     prompt: str = typer.Option("", "--prompt", "-p", help="Caption, for a text-conditional super-resolution model."),
     sampler: str = typer.Option("dpmpp_2m", "--sampler", help=f"One of {', '.join(SAMPLERS)}."),
     steps: int = typer.Option(25, "--steps", help="Sampler steps."),
+    eta: float = ETA,
     noise_level: int = typer.Option(0, "--noise-level", help="Augmentation level the model is told its input has (models trained with task.noise_levels)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the starting noise (the same for every input)."),
     tile: int = typer.Option(64, "--tile", help="Denoise and decode in overlapping tiles of this many latent pixels when larger (0: never)."),
@@ -93,7 +94,7 @@ def upscale(
     def pipeline(canvas: torch.Tensor) -> Pipeline:
         h, w = (v * task.scale for v in canvas.shape[-2:])
         settings = Settings(sampler=sampler, steps=steps, height=h, width=w, tile=tile, precision=dtype, noise_level=noise_level,
-                            guidance=None if prompt else 1.0)
+                            guidance=None if prompt else 1.0, eta=eta)
         return Pipeline(model, settings, dev)
 
     pipes = [pipeline(c) for _, _, c in lows]
@@ -113,6 +114,7 @@ def upscale(
             info = PngImagePlugin.PngInfo()
             meta = {"source": str(path), "scale": str(task.scale), "sampler": sampler, "steps": str(steps), "seed": str(seed),
                     "noise_level": str(noise_level), "model": str(model_dir), "model_id": weights_id(model_dir)}
+            meta |= {"eta": f"{eta:g}"} if eta is not None else {}
             for key, value in (meta | ({"prompt": prompt} if prompt else {})).items():
                 info.add_itxt(key, value)
             Image.fromarray(to_uint8(image[..., :h, :w])[0]).save(out / f"{path.stem}.png", pnginfo=info)

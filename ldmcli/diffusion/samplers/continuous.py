@@ -55,17 +55,19 @@ def sample_euler(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[float],
 
 @torch.no_grad()
 def sample_euler_ancestral(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[float], alphas_cumprod: torch.Tensor,
-                           prediction: str = "eps", generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
-    """An Euler step down to sigma_down, then fresh noise sigma_up back up to sigma_next (k-diffusion, eta = 1)."""
+                           prediction: str = "eps", generator: Generators = None, callback: Callback | None = None,
+                           eta: float = 1.0) -> torch.Tensor:
+    """An Euler step down to sigma_down, then fresh noise sigma_up back up to sigma_next (k-diffusion); eta
+    scales sigma_up from 0 (plain Euler) to 1 (the full ancestral step)."""
     ode = _Ode(denoise, timesteps, alphas_cumprod, prediction, callback)
     x = ode.start(x)
     for i in range(len(ode.timesteps)):
         s, s_next = ode.sigmas[i], ode.sigmas[i + 1]
-        up = (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5
+        up = eta * (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5
         down = (s_next**2 - up**2) ** 0.5
         x0 = ode.x0(x, i)
         x = x + (x - x0) / s * (down - s)
-        if s_next > 0:
+        if s_next > 0 and up > 0:
             x = x + up * randn(x, generator)
         ode.done(i, x, x0)
     return x
@@ -92,9 +94,10 @@ def sample_heun(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[float], 
     return x
 
 
-def _dpmpp_2m(denoise, x, timesteps, alphas_cumprod, prediction, generator, callback, sde: bool) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022), midpoint form, in lambda = -log sigma; the SDE variant (eta = 1)
-    doubles the exponential decay and adds the matching noise. The last step to sigma = 0 is first order."""
+def _dpmpp_2m(denoise, x, timesteps, alphas_cumprod, prediction, generator, callback, eta: float) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022), midpoint form, in lambda = -log sigma; eta > 0 is the SDE variant
+    (k-diffusion's): the decay runs over (1 + eta) h and noise refills what the extra eta h took (eta = 1:
+    diffusers' sde-dpmsolver++). The last step to sigma = 0 is first order."""
     ode = _Ode(denoise, timesteps, alphas_cumprod, prediction, callback)
     x = ode.start(x)
     old_x0, h_last = None, None
@@ -105,11 +108,11 @@ def _dpmpp_2m(denoise, x, timesteps, alphas_cumprod, prediction, generator, call
             x = x0
         else:
             h = math.log(s / s_next)
-            decay = -math.expm1(-2 * h if sde else -h)
+            decay = -math.expm1(-(1 + eta) * h)
             x0_d = x0 if old_x0 is None else x0 + h / h_last / 2 * (x0 - old_x0)
-            x = (s_next / s) ** (2 if sde else 1) * x + decay * x0_d
-            if sde:
-                x = x + s_next * decay**0.5 * randn(x, generator)
+            x = s_next / s * math.exp(-eta * h) * x + decay * x0_d
+            if eta > 0:
+                x = x + s_next * (-math.expm1(-2 * eta * h)) ** 0.5 * randn(x, generator)
             h_last = h
         old_x0 = x0
         ode.done(i, x, x0)
@@ -119,13 +122,14 @@ def _dpmpp_2m(denoise, x, timesteps, alphas_cumprod, prediction, generator, call
 @torch.no_grad()
 def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[float], alphas_cumprod: torch.Tensor,
                     prediction: str = "eps", generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
-    return _dpmpp_2m(denoise, x, timesteps, alphas_cumprod, prediction, generator, callback, sde=False)
+    return _dpmpp_2m(denoise, x, timesteps, alphas_cumprod, prediction, generator, callback, eta=0.0)
 
 
 @torch.no_grad()
 def sample_dpmpp_2m_sde(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[float], alphas_cumprod: torch.Tensor,
-                        prediction: str = "eps", generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
-    return _dpmpp_2m(denoise, x, timesteps, alphas_cumprod, prediction, generator, callback, sde=True)
+                        prediction: str = "eps", generator: Generators = None, callback: Callback | None = None,
+                        eta: float = 1.0) -> torch.Tensor:
+    return _dpmpp_2m(denoise, x, timesteps, alphas_cumprod, prediction, generator, callback, eta)
 
 
 @torch.no_grad()

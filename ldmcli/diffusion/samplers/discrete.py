@@ -35,9 +35,9 @@ def sample_ddim(
     timesteps: Sequence[int],
     alphas_cumprod: torch.Tensor,
     prediction: str = "eps",
-    eta: float = 0.0,
     generator: Generators = None,
     callback: Callback | None = None,
+    eta: float = 0.0,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021): deterministic for eta = 0; eta = 1 is ancestral DDPM."""
     for i, (t, (a_t, a_prev)) in enumerate(zip(timesteps, _levels(timesteps, alphas_cumprod, x.device))):
