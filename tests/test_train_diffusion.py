@@ -55,7 +55,7 @@ def test_pixel_class_model_trains_previews_and_exports_a_loadable_model(digits_s
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000002.png", "step_000004.png"]
     saved = json.loads((run / "model" / "config.json").read_text())
     assert saved["kind"] == "diffusion"
-    assert saved["config"]["first_stage"] == {"autoencoder": "", "scale_factor": 1.0, "latent_std": 1.0, "channels": 3, "size": 16}
+    assert saved["config"]["first_stage"] == {"autoencoder": "", "scale_factor": 1.0, "latent_std": 1.0, "channels": 3, "size": 16, "cache_mb": 1024}
     assert saved["config"]["unet"]["in_channels"] == 3
     model = M.load(run / "model")
     denoise = guided_denoiser(model.unet, model.cond(torch.tensor([1, 7])), model.cond(model.cond.null(2)), 2.0)

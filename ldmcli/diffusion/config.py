@@ -23,13 +23,17 @@ class FirstStageConfig:
     latent_std: the std the scale factor found (stats.json, measured, or the autoencoder's own) brings the
     latents to, the paper's 1; a given scale_factor is used as is. Below 1 it shifts every noise level toward
     noise (SNR times latent_std^2), for latents that keep their structure through the schedule's top levels:
-    the demo's, through the shortcut autoencoder (README's demo section)."""
+    the demo's, through the shortcut autoencoder (README's demo section).
+
+    cache_mb: when images are encoded on the fly, the latents of images met before are looked up (by
+    their pixels) in an in-memory cache of up to this many MB (encode_cache.py; 0 = encode every time)."""
 
     autoencoder: str = ""
     scale_factor: float = 0.0
     latent_std: float = 1.0
     channels: int = 0
     size: int = 0
+    cache_mb: int = 1024
 
 
 @dataclass

@@ -104,10 +104,14 @@ def inpaint_inputs(image: torch.Tensor, mask: torch.Tensor, encode: Callable[[to
 
 
 def training_inputs(task: TaskConfig, images: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor],
-                    gen: torch.Generator | None = None, level: int | None = None) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+                    gen: torch.Generator | None = None, level: int | None = None,
+                    encode_input: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
     """(scaled latents of the target images, extra UNet inputs, the conditioning image a person would
     look at: the low-resolution or the masked image) for one batch. Random draws come from `gen` (torch's
-    global generator by default); `level` fixes the noise-augmentation level instead of drawing it."""
+    global generator by default); `level` fixes the noise-augmentation level instead of drawing it.
+    `encode_input` (default `encode`) encodes the images made from the targets: the residual's upsampled
+    input and the masked image."""
+    encode_input = encode_input or encode
     with torch.no_grad():
         z = encode(images)
         if task.kind == "sr":
@@ -117,9 +121,9 @@ def training_inputs(task: TaskConfig, images: torch.Tensor, encode: Callable[[to
                 levels = torch.randint(task.noise_levels, (len(images),), generator=gen) if level is None else torch.full((len(images),), level)
                 levels = levels.to(images.device)
             if task.residual:
-                z = (z.float() - sr_base(low, tuple(images.shape[-2:]), encode)) * task.residual_scale
+                z = (z.float() - sr_base(low, tuple(images.shape[-2:]), encode_input)) * task.residual_scale
             return z, sr_inputs(low, tuple(z.shape[-2:]), levels, gen), low
         if task.kind == "inpaint":
             masks = random_masks(len(images), images.shape[-1], gen).to(images.device)
-            return z, inpaint_inputs(images, masks, encode), images * (1 - masks)
+            return z, inpaint_inputs(images, masks, encode_input), images * (1 - masks)
     return z, {}, None

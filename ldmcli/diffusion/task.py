@@ -11,6 +11,7 @@ from torch import nn
 
 from ldmcli.diffusion import model as M
 from ldmcli.diffusion.config import DiffusionRecipe
+from ldmcli.diffusion.encode_cache import EncodeCache
 from ldmcli.diffusion.guidance import guided_denoiser
 from ldmcli.diffusion.image_cond import from_residual, training_inputs
 from ldmcli.diffusion.objective import diffusion_loss
@@ -42,6 +43,9 @@ class DiffusionTask(TrainTask):
         self.required_keys = ("latent" if self.cached_latents else "image",) + ((key,) if key else ())
         fs = recipe.first_stage
         self.latent_shape = (fs.channels, fs.size, fs.size) if self.cached_latents else None
+        if fs.cache_mb < 0:
+            raise UserError(f"first_stage.cache_mb must be >= 0, got {fs.cache_mb}")
+        self.encode_cache = EncodeCache(self._encode, fs.cache_mb << 20) if fs.cache_mb and encode_images and fs.autoencoder else None
 
     def phases(self) -> tuple[Phase, ...]:
         return (Phase("main", tuple(self.models)),)
@@ -55,7 +59,10 @@ class DiffusionTask(TrainTask):
         """Scaled latents, the image-conditioned task's extra UNet inputs, and its conditioning image."""
         if self.cached_latents:
             return batch["latent"].float() * self.recipe.first_stage.scale_factor, {}, None
-        return training_inputs(self.recipe.task, batch["image"], self._encode, gen, level)
+        task, cached = self.recipe.task, self.encode_cache or self._encode
+        # a blind degradation or a random mask makes a new input image every time: not worth keeping
+        derived_repeats = task.kind == "sr" and task.degradation == "bicubic"
+        return training_inputs(task, batch["image"], cached, gen, level, cached if derived_repeats else self._encode)
 
     def _inputs(self, batch: dict):
         """The batch's condition with dropout, and how many class labels lay outside [0, num_classes)
@@ -88,7 +95,10 @@ class DiffusionTask(TrainTask):
         unet = models["unet"]
         loss, logs = diffusion_loss(lambda x, t: unet(x, t, **enc), x0, self.abar, self.recipe.schedule.prediction, self.recipe.objective)
         counted = {"cls": "bad_labels", "json": "bad_boxes"}.get(self.cond.key)
-        return loss, logs | ({counted: float(bad_labels)} if counted else {})
+        logs |= {counted: float(bad_labels)} if counted else {}
+        if self.encode_cache is not None:
+            logs["encode_cache_hits"] = self.encode_cache.take_hit_rate()
+        return loss, logs
 
     def _preview_inputs(self, batch: dict, n: int):
         pv, key = self.recipe.preview, self.cond.key
