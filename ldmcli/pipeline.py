@@ -115,8 +115,8 @@ class Pipeline:
         if not 1 <= s.steps <= len(self.model.alphas_cumprod):
             raise UserError(f"--steps must be between 1 and {len(self.model.alphas_cumprod)}, got {s.steps}")
         if s.eta is not None:
-            with_eta = ", ".join(k for k, v in SAMPLERS.items() if v.eta is not None)
-            if SAMPLERS[s.sampler].eta is None:
+            if not SAMPLERS[s.sampler].takes_eta:
+                with_eta = ", ".join(k for k, v in SAMPLERS.items() if v.takes_eta)
                 raise UserError(f"--eta needs a stochastic sampler ({with_eta}), not {s.sampler}")
             if not 0 <= s.eta <= 1:
                 raise UserError(f"--eta must be in [0, 1], got {s.eta}")
@@ -283,9 +283,8 @@ class Pipeline:
                 keep = ~F.max_pool2d(mask.to(self.device).float(), self.factor).bool().expand(shape)
                 denoise = inpaint_denoiser(denoise, known, keep, noise, model.alphas_cumprod, model.prediction)
         callback = None if on_step is None else (lambda i, t, xi, x0: on_step(i))
-        sampler = SAMPLERS[s.sampler]
-        eta = {} if sampler.eta is None else {"eta": sampler.eta if s.eta is None else s.eta}
-        z = sampler.fn(denoise, x, timesteps, model.alphas_cumprod, model.prediction, generator=gens, callback=callback, **eta)
+        eta = {} if s.eta is None else {"eta": s.eta}  # _check: only for samplers that take one
+        z = SAMPLERS[s.sampler].fn(denoise, x, timesteps, model.alphas_cumprod, model.prediction, generator=gens, callback=callback, **eta)
         task = model.recipe.task
         if task.residual:
             z = from_residual(task, z, low.to(self.device), (s.height, s.width), self.encode).expand(shape)

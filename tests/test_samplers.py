@@ -215,7 +215,7 @@ def test_unipc_bh2(prediction, steps):
     close(ours("unipc", X, ts, prediction), reference(sched, X))
 
 
-@pytest.mark.parametrize("name,eta", [(name, None) for name in SAMPLERS] + [(name, 0.5) for name, s in SAMPLERS.items() if s.eta is not None])
+@pytest.mark.parametrize("name,eta", [(name, None) for name in SAMPLERS] + [(name, 0.5) for name, s in SAMPLERS.items() if s.takes_eta])
 def test_samplers_draw_from_the_right_distribution_with_the_exact_denoiser(name, eta):
     """Independent of diffusers: for Gaussian data N(0.5, 0.3^2) the optimal denoiser is known in closed
     form, so fine enough sampling must give that mean and std (sigma samplers: 100 Karras steps; the

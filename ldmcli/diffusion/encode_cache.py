@@ -24,7 +24,9 @@ class EncodeCache:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         pixels = images.detach().cpu().contiguous()
         keys = [_key(p) for p in pixels]
-        first = {k: i for i, k in reversed(list(enumerate(keys)))}  # an image twice in a batch is encoded once
+        first: dict[bytes, int] = {}  # an image twice in a batch is encoded once
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
         missing = [i for k, i in first.items() if k not in self.store]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)

@@ -25,23 +25,23 @@ from ldmcli.diffusion.samplers.timesteps import alpha_bar_at, karras_timesteps, 
 @dataclass(frozen=True)
 class Sampler:
     """fn: the sampler; sigma_based: takes fractional (Karras) timesteps; extra_evals(n): model calls
-    beyond one per step, for progress and speed figures; eta: the default of the sampler's `eta` (how much
-    fresh noise each step injects, 0 = deterministic), None where it has none."""
+    beyond one per step, for progress and speed figures; takes_eta: fn has an `eta` (how much fresh noise
+    each step injects, 0 = deterministic), its default in fn's signature."""
 
     fn: Callable[..., torch.Tensor]
     sigma_based: bool
     extra_evals: Callable[[int], int] = lambda steps: 0
-    eta: float | None = None
+    takes_eta: bool = False
 
 
 SAMPLERS: dict[str, Sampler] = {
     "ddpm": Sampler(sample_ddpm, False),
-    "ddim": Sampler(sample_ddim, False, eta=0.0),
+    "ddim": Sampler(sample_ddim, False, takes_eta=True),
     "plms": Sampler(sample_plms, False, lambda steps: int(steps > 1)),
     "dpmpp_2m": Sampler(sample_dpmpp_2m, True),
-    "dpmpp_2m_sde": Sampler(sample_dpmpp_2m_sde, True, eta=1.0),
+    "dpmpp_2m_sde": Sampler(sample_dpmpp_2m_sde, True, takes_eta=True),
     "euler": Sampler(sample_euler, True),
-    "euler_a": Sampler(sample_euler_ancestral, True, eta=1.0),
+    "euler_a": Sampler(sample_euler_ancestral, True, takes_eta=True),
     "heun": Sampler(sample_heun, True, lambda steps: steps - 1),
     "unipc": Sampler(sample_unipc, True),
 }
