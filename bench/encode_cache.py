@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from cli import ldm
 from report import report
-
-
-def ldm(*args) -> None:
-    subprocess.run([sys.executable, "-m", "ldmcli", *map(str, args)], check=True, capture_output=True, text=True)
 
 
 def last_third(run: Path, key: str) -> float:

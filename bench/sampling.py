@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from ldmcli.nn.compiled import FrozenCompiled
 from ldmcli.pipeline import Pipeline, Settings
 from ldmcli.precision import CHOICES, autocast, resolve
 from ldmcli.train.distributed import resolve_device
+from cli import ldm
 from report import report
 from timing import add_precision_option, alternated_rates, precisions, synchronize
 from unet_train import batches, forward, ours, theirs
@@ -37,9 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def throwaway_model(tmp: Path) -> Path:
-    def ldm(*args: str) -> None:
-        subprocess.run([sys.executable, "-m", "ldmcli", *args], check=True, capture_output=True, text=True)
-
     ldm("data", "build", "digits", "--out", str(tmp / "digits"), "--size", "32", "--count", "64")
     ldm("train-diffusion", str(tmp / "digits"), "--recipe", str(ROOT / "recipes" / "dm-pixel-digits.toml"), "--out", str(tmp / "run"),
         "--set", "train.steps=1", "--set", "train.sample_every=0", "--set", "data.num_workers=0", "--set", "data.shuffle_buffer=16",

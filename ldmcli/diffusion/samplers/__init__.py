@@ -4,6 +4,7 @@ same images."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,23 +26,27 @@ from ldmcli.diffusion.samplers.timesteps import alpha_bar_at, karras_timesteps, 
 @dataclass(frozen=True)
 class Sampler:
     """fn: the sampler; sigma_based: takes fractional (Karras) timesteps; extra_evals(n): model calls
-    beyond one per step, for progress and speed figures; takes_eta: fn has an `eta` (how much fresh noise
-    each step injects, 0 = deterministic), its default in fn's signature."""
+    beyond one per step, for progress and speed figures."""
 
     fn: Callable[..., torch.Tensor]
     sigma_based: bool
     extra_evals: Callable[[int], int] = lambda steps: 0
-    takes_eta: bool = False
+
+    @property
+    def takes_eta(self) -> bool:
+        """Whether fn has an `eta` (how much fresh noise each step injects, 0 = deterministic); its
+        default lives in fn's signature."""
+        return "eta" in inspect.signature(self.fn).parameters
 
 
 SAMPLERS: dict[str, Sampler] = {
     "ddpm": Sampler(sample_ddpm, False),
-    "ddim": Sampler(sample_ddim, False, takes_eta=True),
+    "ddim": Sampler(sample_ddim, False),
     "plms": Sampler(sample_plms, False, lambda steps: int(steps > 1)),
     "dpmpp_2m": Sampler(sample_dpmpp_2m, True),
-    "dpmpp_2m_sde": Sampler(sample_dpmpp_2m_sde, True, takes_eta=True),
+    "dpmpp_2m_sde": Sampler(sample_dpmpp_2m_sde, True),
     "euler": Sampler(sample_euler, True),
-    "euler_a": Sampler(sample_euler_ancestral, True, takes_eta=True),
+    "euler_a": Sampler(sample_euler_ancestral, True),
     "heun": Sampler(sample_heun, True, lambda steps: steps - 1),
     "unipc": Sampler(sample_unipc, True),
 }
