@@ -29,6 +29,7 @@ class DataConfig:
     size: int = 64
     crop: Literal["random", "center"] = "random"
     flip: bool = True
+    rotate: bool = False
     shuffle_buffer: int = 1000
     num_workers: int = 2
     epoch_samples: int = 20000

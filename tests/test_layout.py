@@ -180,9 +180,10 @@ def test_a_layout_model_wants_a_layout_and_other_models_refuse_one(layout_model,
     one_error_line(run_cli("eval", "--layout", "--model", layout_model, "--scenes", "0"), "--scenes, --n and --batch-size must be at least 1")
 
 
-def test_training_a_layout_model_on_flipped_images_is_refused(shapes16, tmp_path):
-    result = run_cli("train-diffusion", shapes16, "--out", tmp_path / "run", *TINY, *LAYOUT_ARGS, "--set", "data.flip=true")
-    one_error_line(result, "needs data.flip = false")
+@pytest.mark.parametrize("augment", [["--set", "data.flip=true"], [*NO_FLIP, "--set", "data.rotate=true"]], ids=["flip", "rotate"])
+def test_training_a_layout_model_on_flipped_or_turned_images_is_refused(shapes16, tmp_path, augment):
+    result = run_cli("train-diffusion", shapes16, "--out", tmp_path / "run", *TINY, *LAYOUT_ARGS, *augment)
+    one_error_line(result, "needs data.flip = false and data.rotate = false")
 
 
 def test_a_layout_and_caption_model_trains_and_samples_with_both(shapes16, tmp_path, tmp_path_factory):

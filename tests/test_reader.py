@@ -123,6 +123,30 @@ def test_resize_crop_flip_and_range():
     assert batch_image.min() == -1 and batch_image.max() == 1
 
 
+def test_rotate_with_flip_draws_all_eight_symmetries_of_the_square():
+    im = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3) * 5
+    data = encode(Image.fromarray(im))
+    symmetries = {np.rot90(f, k).tobytes() for f in (im, im[:, ::-1]) for k in range(4)}
+    seen = set()
+    for seed in range(64):
+        out = decode_image(data, size=4, crop="center", flip=True, rotate=True, rng=random.Random(seed)).permute(1, 2, 0).numpy()
+        assert out.tobytes() in symmetries
+        seen.add(out.tobytes())
+    assert seen == symmetries
+
+
+def test_train_stream_turns_images_and_rotate_needs_a_size(tmp_path):
+    shards = image_shards(tmp_path, 1, 4)
+    with pytest.raises(UserError, match="data.rotate needs data.size"):
+        TrainStream([str(p) for p in shards], batch_size=2, size=None, rotate=True, num_workers=0)
+    stream = TrainStream([str(p) for p in shards], batch_size=4, size=16, crop="center", flip=False, rotate=True, num_workers=0,
+                         shuffle_buffer=0, epoch_samples=4)
+    batch = next(iter(stream))
+    stored = [torch.from_numpy(rgb(noise_png(i))).permute(2, 0, 1).float() / 127.5 - 1 for i in range(4)]
+    turned = [any(torch.equal(b, torch.rot90(s, k, (1, 2))) for k in range(4)) for b, s in zip(batch["image"], stored)]
+    assert all(turned) and not all(torch.equal(b, s) for b, s in zip(batch["image"], stored))
+
+
 def test_decompression_bomb_is_refused():
     png = bytearray(encode(Image.new("RGB", (8, 8))))
     ihdr = struct.pack(">II", 20000, 10000) + bytes(png[24:29])

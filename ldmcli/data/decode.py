@@ -94,13 +94,24 @@ def resize_crop(im: Image.Image, size: int, crop: str, rng: random.Random) -> Im
     return im.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
-def decode_image(data: bytes, *, size: int | None, crop: str, flip: bool, rng: random.Random) -> torch.Tensor:
-    """uint8 tensor 3xHxW; the float conversion happens once per batch in collate."""
+_QUARTER_TURNS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+
+
+def decode_image(
+    data: bytes, *, size: int | None, crop: str, flip: bool, rng: random.Random, rotate: bool = False
+) -> torch.Tensor:
+    """uint8 tensor 3xHxW; the float conversion happens once per batch in collate. `rotate` adds a random
+    quarter turn, which with `flip` draws from all eight symmetries of the square (the usual augmentation of
+    super-resolution training, where texture has no up or down); it draws from `rng` only when on, so
+    runs without it keep their bitwise augmentation stream."""
     im = open_image(data, size)
     if size is not None:
         im = resize_crop(im, size, crop, rng)
     if flip and rng.random() < 0.5:
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if rotate:
+        turn = _QUARTER_TURNS[rng.randrange(4)]
+        im = im if turn is None else im.transpose(turn)
     return torch.from_numpy(np.ascontiguousarray(np.array(im, dtype=np.uint8).transpose(2, 0, 1)))
 
 
@@ -125,6 +136,7 @@ def decode_sample(
     size: int | None,
     crop: str = "center",
     flip: bool = False,
+    rotate: bool = False,
     rng: random.Random | None = None,
     required: Sequence[str] = (),
     latent_shape: Sequence[int] | None = None,
@@ -138,7 +150,7 @@ def decode_sample(
     try:
         image_key = next((k for k in IMAGE_KEYS if k in raw), None)
         if image_key is not None:
-            out["image"] = decode_image(raw[image_key], size=size, crop=crop, flip=flip, rng=rng)
+            out["image"] = decode_image(raw[image_key], size=size, crop=crop, flip=flip, rng=rng, rotate=rotate)
         if "latent.npy" in raw:
             out["latent"] = decode_latent(raw["latent.npy"], latent_shape)
         out["txt"] = raw["txt"].decode("utf-8", errors="replace") if "txt" in raw else ""

@@ -130,6 +130,7 @@ class TrainStream:
         size: int | None,
         crop: str = "random",
         flip: bool = True,
+        rotate: bool = False,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -142,11 +143,13 @@ class TrainStream:
         state: dict | None = None,
     ) -> None:
         _check(batch_size, size, crop)
+        if rotate and size is None:
+            raise UserError("data.rotate needs data.size: quarter turns of images of different shapes would not stack into a batch")
         if epoch_samples < 1:
             raise UserError(f"epoch_samples must be at least 1, got {epoch_samples}")
         self.spec = StreamSpec(
             tuple(resolve_shards(urls)), batch_size, size, crop, flip, tuple(required),
-            seed, rank, shuffle_buffer, epoch_samples, tuple(latent_shape) if latent_shape else None,
+            seed, rank, shuffle_buffer, epoch_samples, tuple(latent_shape) if latent_shape else None, rotate,
         )
         self.world_size, self.num_workers, self.pin_memory = world_size, num_workers, pin_memory
         self.streams = max(1, num_workers)

@@ -127,6 +127,7 @@ class StreamSpec:
     shuffle_buffer: int = 0
     epoch_samples: int = 1
     latent_shape: tuple[int, ...] | None = None
+    rotate: bool = False
 
 
 def resampled(spec: StreamSpec, stream: int, epoch: int, tally: Tally) -> Iterator[dict]:
@@ -184,7 +185,7 @@ def train_batches(spec: StreamSpec, stream: int, epoch: int, consumed: int) -> I
                 continue
             aug = random.Random(derive_seed(spec.seed, "augment", spec.rank, stream, epoch, k))
             try:
-                good.append(decode_sample(raw, size=spec.size, crop=spec.crop, flip=spec.flip, rng=aug, required=spec.required,
+                good.append(decode_sample(raw, size=spec.size, crop=spec.crop, flip=spec.flip, rotate=spec.rotate, rng=aug, required=spec.required,
                                          latent_shape=spec.latent_shape))
             except CorruptSample as exn:
                 tally.skip(f"{raw['__url__']}:{raw['__key__']}", exn)

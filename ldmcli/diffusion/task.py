@@ -76,8 +76,9 @@ class DiffusionTask(TrainTask):
             outside = (inputs < 0) | (inputs >= self.recipe.conditioner.num_classes)
             inputs, bad = self.cond.drop(inputs, outside), int(outside.sum())
         if key == "json":
-            if "image" in batch and self.recipe.data.flip:
-                raise UserError("a layout model needs data.flip = false when it trains on images: a flipped image no longer matches its boxes")
+            if "image" in batch and (self.recipe.data.flip or self.recipe.data.rotate):
+                raise UserError("a layout model needs data.flip = false and data.rotate = false when it trains on images: "
+                                "a flipped or turned image no longer matches its boxes")
             size = self.recipe.first_stage.size * self.first_stage.factor
             inputs, bad = self.cond.from_batch(inputs, batch["txt"], size, train=True)
         p = self.recipe.conditioner.drop_prob

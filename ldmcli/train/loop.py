@@ -129,6 +129,7 @@ def train(
         size=data.size,
         crop=data.crop,
         flip=data.flip,
+        rotate=data.rotate,
         seed=cfg.seed,
         rank=env.rank,
         world_size=env.world_size,
