@@ -66,6 +66,20 @@ def test_min_snr_weights_follow_the_closed_forms():
     assert torch.allclose(loss_weight("min_snr", "v", s, 5.0), torch.tensor([0.0, 0.5 / 1.5, 5 / 6, 5 / 101]))
     assert torch.allclose(loss_weight("min_snr", "x0", s, 5.0), torch.tensor([0.0, 0.5, 5.0, 5.0]))
     assert torch.equal(loss_weight("uniform", "eps", s, 5.0), torch.ones(4))
+    assert torch.equal(loss_weight("eps", "eps", s, 5.0), torch.ones(4))
+
+
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+def test_eps_weighting_is_the_noise_error_of_any_prediction(prediction):
+    """The weighted loss of a v or x0 network equals the squared error of the noise it implies."""
+    g = torch.Generator().manual_seed(0)
+    x0, eps, out = (torch.randn(4, 3, 8, 8, generator=g) for _ in range(3))
+    abar = torch.tensor([0.999, 0.7, 0.2, 0.01], dtype=torch.float64)
+    x_t = P.add_noise(x0, eps, abar.float())
+    per_sample = (out - P.target(prediction, x0, eps, abar.float())).square().flatten(1).mean(1)
+    weighted = loss_weight("eps", prediction, (abar / (1 - abar)).float(), 5.0) * per_sample
+    _, eps_hat = P.split(prediction, out, x_t, abar.float())
+    assert torch.allclose(weighted, (eps_hat - eps).square().flatten(1).mean(1), rtol=1e-4)
 
 
 def test_stratified_timesteps_cover_every_stratum():

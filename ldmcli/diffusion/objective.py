@@ -18,10 +18,12 @@ from ldmcli.diffusion import parametrization as P
 
 @dataclass
 class ObjectiveConfig:
-    """min_snr is Hang et al. 2023's min-SNR-gamma weighting; offset_noise adds per-channel constant noise."""
+    """min_snr is Hang et al. 2023's min-SNR-gamma weighting; eps measures any network's error in noise units
+    (for a v model that weights each level by alpha-bar, moving weight from the coarse, high-noise levels
+    to the low ones where fine detail is drawn); offset_noise adds per-channel constant noise."""
 
     loss: Literal["l2", "l1"] = "l2"
-    weighting: Literal["uniform", "min_snr"] = "uniform"
+    weighting: Literal["uniform", "min_snr", "eps"] = "uniform"
     snr_gamma: float = 5.0
     offset_noise: float = 0.0
     buckets: int = 10
@@ -34,9 +36,11 @@ def stratified_timesteps(batch: int, timesteps: int, device: torch.device, gener
 
 
 def loss_weight(weighting: str, prediction: str, snr: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Per-sample weight; min-SNR-gamma expressed for the network's own target (eps, v or x0)."""
+    """Per-sample weight; min-SNR-gamma and eps expressed for the network's own target (eps, v or x0)."""
     if weighting == "uniform":
         return torch.ones_like(snr)
+    if weighting == "eps":  # eps error = sqrt(abar) * v error = sqrt(snr) * x0 error
+        return {"eps": torch.ones_like(snr), "v": snr / (snr + 1)}.get(prediction, snr)
     clipped = snr.clamp(max=gamma)
     if prediction == "eps":
         return (gamma / snr).clamp(max=1.0)  # min(snr, gamma) / snr, finite at snr = 0
