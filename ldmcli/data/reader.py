@@ -149,7 +149,7 @@ class TrainStream:
             raise UserError(f"epoch_samples must be at least 1, got {epoch_samples}")
         self.spec = StreamSpec(
             tuple(resolve_shards(urls)), batch_size, size, crop, flip, tuple(required),
-            seed, rank, shuffle_buffer, epoch_samples, tuple(latent_shape) if latent_shape else None, rotate,
+            seed, rank, shuffle_buffer, epoch_samples, tuple(latent_shape) if latent_shape else None, rotate=rotate,
         )
         self.world_size, self.num_workers, self.pin_memory = world_size, num_workers, pin_memory
         self.streams = max(1, num_workers)

@@ -185,8 +185,8 @@ def train_batches(spec: StreamSpec, stream: int, epoch: int, consumed: int) -> I
                 continue
             aug = random.Random(derive_seed(spec.seed, "augment", spec.rank, stream, epoch, k))
             try:
-                good.append(decode_sample(raw, size=spec.size, crop=spec.crop, flip=spec.flip, rotate=spec.rotate, rng=aug, required=spec.required,
-                                         latent_shape=spec.latent_shape))
+                good.append(decode_sample(raw, size=spec.size, crop=spec.crop, flip=spec.flip, rotate=spec.rotate, rng=aug,
+                                          required=spec.required, latent_shape=spec.latent_shape))
             except CorruptSample as exn:
                 tally.skip(f"{raw['__url__']}:{raw['__key__']}", exn)
                 bad_run += 1

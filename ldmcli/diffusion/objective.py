@@ -40,7 +40,9 @@ def loss_weight(weighting: str, prediction: str, snr: torch.Tensor, gamma: float
     if weighting == "uniform":
         return torch.ones_like(snr)
     if weighting == "eps":  # eps error = sqrt(abar) * v error = sqrt(snr) * x0 error
-        return {"eps": torch.ones_like(snr), "v": snr / (snr + 1)}.get(prediction, snr)
+        if prediction == "eps":
+            return torch.ones_like(snr)
+        return snr / (snr + 1) if prediction == "v" else snr
     clipped = snr.clamp(max=gamma)
     if prediction == "eps":
         return (gamma / snr).clamp(max=1.0)  # min(snr, gamma) / snr, finite at snr = 0
