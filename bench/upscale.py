@@ -6,6 +6,7 @@ LDM-4 cannot pass. The issue's goal: HF ratio >= 0.8 with PSNR at most 2 dB unde
 
 Prints `name: value` lines last (and --json); never asserts.
   python bench/upscale.py --model runs/sr-photos-x4/model --val data/photos-val --n 256 --save sr.png
+  python bench/upscale.py --model runs/sr-photos-x4/model --val data/photos-val --sampler ddpm --steps 50 --input-guidance 2
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def main() -> None:
     parser.add_argument("--sampler", default="dpmpp_2m")
     parser.add_argument("--eta", type=float, help="stochastic samplers' noise per step (default: the sampler's own)")
     parser.add_argument("--noise-level", type=int, default=0)
+    parser.add_argument("--input-guidance", type=float, help="guidance on the low-resolution input (1: off; default: the model's)")
+    parser.add_argument("--guidance-level", type=int, default=0, help="noise level input guidance pushes away from (0: the highest)")
     parser.add_argument("--save", type=Path, help="PNG grid: rows of bicubic, SR, original for the first 8 crops")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -43,7 +46,9 @@ def main() -> None:
     model = M.load(args.model, device)
     scale = model.recipe.task.scale
     size = model.recipe.first_stage.size * model.first_stage.factor
-    pipe = Pipeline(model, Settings(sampler=args.sampler, steps=args.steps, noise_level=args.noise_level, guidance=1.0, eta=args.eta), device)
+    settings = Settings(sampler=args.sampler, steps=args.steps, noise_level=args.noise_level, guidance=1.0, eta=args.eta,
+                        input_guidance=args.input_guidance, guidance_level=args.guidance_level)
+    pipe = Pipeline(model, settings, device)
     figures = {name: ReconAccumulator(scale) for name in ("sr", "bicubic", "ae")}
     images, sr_time, shown = 0, 0.0, []
     for batch in eval_loader(args.val, batch_size=16, size=size):
@@ -64,6 +69,8 @@ def main() -> None:
         save_grid(torch.cat(shown), args.save, nrow=len(shown[0]))
     out = {"images": images, "size": size, "scale": scale, "sampler": args.sampler, "steps": args.steps}
     out |= {"eta": args.eta} if args.eta is not None else {}
+    out |= {"input_guidance": settings.input_guidance}
+    out |= {"guidance_level": settings.guidance_level} if settings.input_guidance != 1.0 else {}
     for name, acc in figures.items():
         res = acc.result()
         out |= {f"{name}_psnr": res["psnr"], f"{name}_ssim": res["ssim"], f"{name}_hf_ratio": res["hf_ratio"]}

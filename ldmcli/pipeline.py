@@ -40,7 +40,15 @@ class Settings:
     super-resolution model trained with noise levels is told its low-resolution input has. compile: the
     UNet through torch.compile with frozen weights (a one-off compile, then faster steps). eta: the
     stochastic samplers' fresh noise per step (ddim, euler_a, dpmpp_2m_sde; None: the sampler's own), the
-    knob between a deterministic ODE solve and ancestral sampling."""
+    knob between a deterministic ODE solve and ancestral sampling.
+
+    input_guidance: guidance on a super-resolution model's low-resolution input, for models trained with
+    noise levels (None: the model's task.input_guidance). The prediction from the input as it is (at
+    noise_level) is pushed away from the prediction when the model is told the input is noisy at
+    guidance_level (0: the highest level it was trained on): weak + input_guidance x (clean - weak), the
+    way classifier-free guidance pushes away from the null condition (here a weaker condition, as in
+    autoguidance). Above 1 it draws the detail the clean input implies more boldly, where the plain model
+    hedges towards blur."""
 
     sampler: str = "dpmpp_2m"
     steps: int = 25
@@ -57,6 +65,8 @@ class Settings:
     noise_level: int = 0
     compile: bool = False
     eta: float | None = None
+    input_guidance: float | None = None
+    guidance_level: int = 0
 
 
 def inpaint_denoiser(denoise: Denoiser, known: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor,
@@ -87,6 +97,11 @@ def paste_known(images: torch.Tensor, init: torch.Tensor, mask: torch.Tensor, fe
     return init * (1 - soft) + images * soft
 
 
+def _expand(extra: dict, n: int) -> dict:
+    """Image inputs made once for the batch's n images (a single init or low-resolution image)."""
+    return {k: v.expand(n, *v.shape[1:]) if k == "concat" else v for k, v in extra.items()}
+
+
 class Pipeline:
     """A loaded model plus checked settings; call it with one batch of conditions and seeds."""
 
@@ -106,6 +121,7 @@ class Pipeline:
         self.timesteps = karras_timesteps(ts, model.alphas_cumprod) if s.karras else ts
         if s.guidance is None:
             s.guidance = model.recipe.preview.guidance if self.kind != "none" else 1.0
+        self._check_input_guidance(s)
 
     def _check(self, s: Settings) -> None:
         if s.sampler not in SAMPLERS:
@@ -140,6 +156,23 @@ class Pipeline:
         levels = self.model.recipe.unet.num_levels
         if s.noise_level and not 0 <= s.noise_level < max(levels, 1):
             raise UserError(f"--noise-level must lie in [0, {max(levels - 1, 0)}] for this model, got {s.noise_level}")
+
+    def _check_input_guidance(self, s: Settings) -> None:
+        if s.input_guidance is None:
+            s.input_guidance = self.model.recipe.task.input_guidance
+        if s.input_guidance == 1.0:
+            return
+        levels = self.model.recipe.unet.num_levels
+        if self.task != "sr" or not levels:
+            raise UserError("--input-guidance needs a super-resolution model trained with noise levels (task.noise_levels)")
+        if s.input_guidance < 0:
+            raise UserError(f"--input-guidance must be >= 0, got {s.input_guidance:g}")
+        if s.guidance != 1.0:
+            raise UserError("--input-guidance does not combine with prompt guidance: give one of them")
+        s.guidance_level = s.guidance_level or levels - 1
+        if not s.noise_level < s.guidance_level < levels:
+            raise UserError(f"--guidance-level must lie in [{s.noise_level + 1}, {levels - 1}] "
+                            f"(above --noise-level {s.noise_level}), got {s.guidance_level}")
 
     def conditions(self, prompts: Sequence[str], classes: Sequence[int], layouts: Sequence[Layout] = ()) -> list:
         """One entry per requested condition (None for an unconditional model); a class model given no
@@ -219,32 +252,40 @@ class Pipeline:
     def task(self) -> str:
         return self.model.recipe.task.kind
 
+    def _sr_inputs(self, n: int, shape: tuple[int, ...], low: torch.Tensor, level: int) -> dict:
+        """The low-resolution input on the latent canvas at an augmentation level; every level draws the
+        same noise, so guidance compares the input at two levels, not two noise draws."""
+        levels = torch.full((n,), level, device=self.device) if self.model.recipe.unet.num_levels else None
+        return _expand(sr_inputs(low.to(self.device), shape[-2:], levels, torch.Generator().manual_seed(0)), n)
+
     def _image_inputs(self, n: int, shape: tuple[int, ...], init: torch.Tensor | None, mask: torch.Tensor | None,
                       low: torch.Tensor | None) -> dict:
         """The extra UNet inputs of a super-resolution or inpainting model for the whole canvas."""
         if self.task == "sr":
             if low is None:
                 raise UserError("this is a super-resolution model: use ldm upscale IMAGE --model DIR")
-            levels = torch.full((n,), self.s.noise_level, device=self.device) if self.model.recipe.unet.num_levels else None
-            extra = sr_inputs(low.to(self.device), shape[-2:], levels, torch.Generator().manual_seed(0))
-        elif self.task == "inpaint":
-            if init is None or mask is None:
-                raise UserError("this is an inpainting model: give --init IMAGE and --mask MASK")
-            extra = inpaint_inputs(init.to(self.device), mask.to(self.device).float(), self.encode)
-        else:
+            return self._sr_inputs(n, shape, low, self.s.noise_level)
+        if self.task != "inpaint":
             return {}
-        return {k: v.expand(n, *v.shape[1:]) if k == "concat" else v for k, v in extra.items()}
+        if init is None or mask is None:
+            raise UserError("this is an inpainting model: give --init IMAGE and --mask MASK")
+        return _expand(inpaint_inputs(init.to(self.device), mask.to(self.device).float(), self.encode), n)
 
     def _denoiser(self, cond: dict, uncond: dict | None, extra: dict, shape: tuple[int, ...],
-                  on_tile: Callable[[], None] | None) -> Denoiser:
+                  on_tile: Callable[[], None] | None, weak: dict | None = None) -> Denoiser:
+        """weak: the image inputs input guidance pushes away from (prompt guidance is then off)."""
         s = self.s
         if not extra:
             return guided_denoiser(self._net, cond, uncond, s.guidance, s.rescale)
 
+        def crop(inputs: dict, top: int, left: int, h: int, w: int) -> dict:
+            return {k: v[..., top:top + h, left:left + w] if k == "concat" else v for k, v in inputs.items()}
+
         def for_window(win: tuple[int, int, int, int]) -> Denoiser:
-            top, left, h, w = win
-            crop = {k: v[..., top:top + h, left:left + w] if k == "concat" else v for k, v in extra.items()}
-            return guided_denoiser(self._net, cond | crop, None if uncond is None else uncond | crop, s.guidance, s.rescale)
+            if weak is not None:
+                return guided_denoiser(self._net, cond | crop(extra, *win), cond | crop(weak, *win), s.input_guidance)
+            both = crop(extra, *win)
+            return guided_denoiser(self._net, cond | both, None if uncond is None else uncond | both, s.guidance, s.rescale)
 
         return tiled_denoiser(for_window, shape, *self._tiling(shape[-2:]), on_tile)[0]
 
@@ -272,7 +313,8 @@ class Pipeline:
         noise = randn(torch.empty(shape, device=self.device), gens)
         cond, uncond = self._encodings(conds)
         extra = self._image_inputs(len(seeds), shape, init, mask, low)
-        denoise = self._denoiser(cond, uncond, extra, shape, on_tile)
+        weak = self._sr_inputs(len(seeds), shape, low, s.guidance_level) if s.input_guidance != 1.0 else None
+        denoise = self._denoiser(cond, uncond, extra, shape, on_tile, weak)
         timesteps = self.timesteps
         x = noise
         if init is not None:

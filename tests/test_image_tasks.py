@@ -3,6 +3,7 @@ build, tiled denoising, `ldm train-diffusion --task`, `ldm upscale`, `ldm sample
 inpainting model, and the one-line errors for wrong inputs."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -13,11 +14,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from test_bad_input import one_error_line
 
+from ldmcli.diffusion import model as M
 from ldmcli.diffusion.degrade import bicubic_down, blind_down
 from ldmcli.diffusion.image_cond import TaskConfig, inpaint_inputs, sr_inputs, training_inputs
 from ldmcli.diffusion.masks import random_masks
 from ldmcli.diffusion.tiled import tiled_denoiser
-from ldmcli.pipeline import paste_known
+from ldmcli.errors import UserError
+from ldmcli.pipeline import Pipeline, Settings, paste_known
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +154,8 @@ def test_residual_sr_measures_its_scale_and_adds_the_input_back(digits_shards, t
     want = ((up[0].permute(1, 2, 0) + 1) * 127.5).round().numpy()
     got = np.asarray(Image.open(tmp_path / "up" / "low.png").convert("RGB")).astype(np.float64)
     assert np.abs(got - want).max() <= 2
+    one_error_line(run_cli("upscale", tmp_path / "low.png", "--model", run / "model", "--input-guidance", "2"),
+                   "--input-guidance needs a super-resolution model trained with noise levels (task.noise_levels)")
 
 
 def test_upscale_refuses_what_the_model_cannot_do(sr_model, inpaint_model, tmp_path):
@@ -164,6 +169,46 @@ def test_upscale_refuses_what_the_model_cannot_do(sr_model, inpaint_model, tmp_p
     (tmp_path / "bad.png").write_bytes(b"not a png")
     one_error_line(run_cli("upscale", tmp_path / "bad.png", "--model", sr_model), "cannot read input image")
     one_error_line(run_cli("sample", "--model", sr_model), "use ldm upscale")
+
+
+def test_input_guidance_extrapolates_from_the_input_told_noisy(sr_model):
+    """Scale 0 is the model told its input is noisy at the guidance level (the same noise draw as
+    --noise-level), scale 1 the plain model. One DDIM step from pure noise returns the clean-sample estimate,
+    linear in a v network's output, so (where nothing clips) scale 2 is exactly 2 x plain - weak."""
+    model = M.load(sr_model, torch.device("cpu"))
+    low = torch.rand(2, 3, 4, 4) * 2 - 1
+
+    def up(steps=1, **kw):
+        return Pipeline(model, Settings(sampler="ddim", steps=steps, guidance=1.0, **kw), torch.device("cpu"))([None], [0, 1], low=low)
+
+    plain, weak, bold = up(), up(input_guidance=0.0, guidance_level=30), up(input_guidance=2.0, guidance_level=30)
+    assert torch.allclose(weak, up(noise_level=30), atol=1e-5)
+    assert not torch.allclose(weak, plain, atol=1e-3)
+    inside = (torch.stack([plain, weak, bold]).abs() < 0.999).all(0)
+    assert inside.float().mean() > 0.5
+    assert torch.allclose(bold[inside], (2 * plain - weak)[inside], atol=1e-4)
+    assert torch.equal(up(steps=3, input_guidance=1.0, guidance_level=30), up(steps=3))
+
+
+def test_upscale_with_input_guidance_records_it(sr_model, inpaint_model, tmp_path):
+    image = save(tmp_path / "a.png", rgb(6, 5))
+    result = run_cli("upscale", image, "--model", sr_model, "--out", tmp_path / "up", "--steps", "2", "--input-guidance", "2")
+    assert result.exit_code == 0, result.output
+    meta = Image.open(tmp_path / "up" / "a.png").text
+    assert meta["input_guidance"] == "2" and meta["guidance_level"] == "49"
+    one_error_line(run_cli("upscale", image, "--model", sr_model, "--input-guidance", "-1"), "--input-guidance must be >= 0, got -1")
+    one_error_line(run_cli("upscale", image, "--model", sr_model, "--input-guidance", "2", "--noise-level", "20", "--guidance-level", "20"),
+                   "--guidance-level must lie in [21, 49] (above --noise-level 20), got 20")
+    one_error_line(run_cli("upscale", image, "--model", sr_model, "--input-guidance", "2", "--guidance-level", "50"), "got 50")
+    recommended = tmp_path / "recommended"
+    shutil.copytree(sr_model, recommended)
+    config = json.loads((recommended / "config.json").read_text())
+    config["config"]["task"]["input_guidance"] = 1.5
+    (recommended / "config.json").write_text(json.dumps(config))
+    assert run_cli("upscale", image, "--model", recommended, "--out", tmp_path / "up2", "--steps", "2").exit_code == 0
+    assert Image.open(tmp_path / "up2" / "a.png").text["input_guidance"] == "1.5"  # the model's default
+    with pytest.raises(UserError, match="needs a super-resolution model trained with noise levels"):
+        Pipeline(M.load(inpaint_model, torch.device("cpu")), Settings(input_guidance=2.0), torch.device("cpu"))
 
 
 def inpaint(model, tmp_path, h, w, region, *args):
@@ -212,3 +257,5 @@ def test_image_tasks_need_image_shards_and_a_known_task(tmp_path, digits_shards)
                    "task.scale must be at least 2")
     one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--set", "task.residual=true", *TINY),
                    "task.residual is for super-resolution")
+    one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--task", "sr", "--set", "task.input_guidance=2", *TINY),
+                   "task.input_guidance 2 needs task.kind = 'sr' with noise levels and a value >= 0 (1: off)")

@@ -33,6 +33,9 @@ class TaskConfig:
     when 0), and sampling adds that latent back. The low frequencies then come from the input, which an
     autoencoder with residual shortcuts carries almost unchanged into its latent (the difference is a few
     percent of the latent's std), so the model spends its capacity on the detail the input lacks.
+
+    input_guidance (sr with noise levels): the default of `ldm upscale --input-guidance` for this model;
+    sampling only, training ignores it.
     """
 
     kind: Literal["generate", "sr", "inpaint"] = "generate"
@@ -41,6 +44,7 @@ class TaskConfig:
     noise_levels: int = 0
     residual: bool = False
     residual_scale: float = 0.0
+    input_guidance: float = 1.0
 
 
 def check(task: TaskConfig) -> None:
@@ -57,6 +61,8 @@ def check(task: TaskConfig) -> None:
         raise UserError(f"task.residual_scale must be positive (0: measured), got {task.residual_scale}")
     if not 0 <= task.noise_levels <= 1000:
         raise UserError(f"task.noise_levels must lie in [0, 1000], got {task.noise_levels}")
+    if task.input_guidance != 1.0 and (task.kind != "sr" or not task.noise_levels or task.input_guidance < 0):
+        raise UserError(f"task.input_guidance {task.input_guidance:g} needs task.kind = 'sr' with noise levels and a value >= 0 (1: off)")
 
 
 def concat_channels(task: TaskConfig, latent_channels: int) -> int:
