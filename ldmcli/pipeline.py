@@ -48,7 +48,8 @@ class Settings:
     guidance_level (0: the highest level it was trained on): weak + input_guidance x (clean - weak), the
     way classifier-free guidance pushes away from the null condition (here a weaker condition, as in
     autoguidance). Above 1 it draws the detail the clean input implies more boldly, where the plain model
-    hedges towards blur."""
+    hedges towards blur. guidance_from: input guidance only at timesteps t >= guidance_from x T, the noisier
+    part of sampling where structure is laid down (0: every step; None: the model's task.guidance_from)."""
 
     sampler: str = "dpmpp_2m"
     steps: int = 25
@@ -67,6 +68,7 @@ class Settings:
     eta: float | None = None
     input_guidance: float | None = None
     guidance_level: int = 0
+    guidance_from: float | None = None
 
 
 def inpaint_denoiser(denoise: Denoiser, known: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor,
@@ -158,8 +160,11 @@ class Pipeline:
             raise UserError(f"--noise-level must lie in [0, {max(levels - 1, 0)}] for this model, got {s.noise_level}")
 
     def _check_input_guidance(self, s: Settings) -> None:
-        if s.input_guidance is None:
-            s.input_guidance = self.model.recipe.task.input_guidance
+        task = self.model.recipe.task
+        s.input_guidance = task.input_guidance if s.input_guidance is None else s.input_guidance
+        s.guidance_from = task.guidance_from if s.guidance_from is None else s.guidance_from
+        if not 0 <= s.guidance_from < 1:
+            raise UserError(f"--guidance-from must be in [0, 1), got {s.guidance_from:g}")
         if s.input_guidance == 1.0:
             return
         levels = self.model.recipe.unet.num_levels
@@ -283,7 +288,8 @@ class Pipeline:
 
         def for_window(win: tuple[int, int, int, int]) -> Denoiser:
             if weak is not None:
-                return guided_denoiser(self._net, cond | crop(extra, *win), cond | crop(weak, *win), s.input_guidance)
+                from_t = s.guidance_from * len(self.model.alphas_cumprod)
+                return guided_denoiser(self._net, cond | crop(extra, *win), cond | crop(weak, *win), s.input_guidance, from_t=from_t)
             both = crop(extra, *win)
             return guided_denoiser(self._net, cond | both, None if uncond is None else uncond | both, s.guidance, s.rescale)
 

@@ -173,13 +173,15 @@ def test_upscale_refuses_what_the_model_cannot_do(sr_model, inpaint_model, tmp_p
 
 def test_input_guidance_extrapolates_from_the_input_told_noisy(sr_model):
     """Scale 0 is the model told its input is noisy at the guidance level (the same noise draw as
-    --noise-level), scale 1 the plain model. One DDIM step from pure noise returns the clean-sample estimate,
-    linear in a v network's output, so (where nothing clips) scale 2 is exactly 2 x plain - weak."""
+    --noise-level), scale 1 the plain model. One DDIM step returns the clean-sample estimate, linear in a v
+    network's output, so (where nothing clips) scale 2 is exactly 2 x plain - weak. A guidance interval
+    guides the one step when it runs at t = 999 (trailing spacing), not when at t = 0 (linspace)."""
     model = M.load(sr_model, torch.device("cpu"))
     low = torch.rand(2, 3, 4, 4) * 2 - 1
 
-    def up(steps=1, **kw):
-        return Pipeline(model, Settings(sampler="ddim", steps=steps, guidance=1.0, **kw), torch.device("cpu"))([None], [0, 1], low=low)
+    def up(steps=1, spacing="linspace", **kw):
+        settings = Settings(sampler="ddim", steps=steps, spacing=spacing, guidance=1.0, **kw)
+        return Pipeline(model, settings, torch.device("cpu"))([None], [0, 1], low=low)
 
     plain, weak, bold = up(), up(input_guidance=0.0, guidance_level=30), up(input_guidance=2.0, guidance_level=30)
     assert torch.allclose(weak, up(noise_level=30), atol=1e-5)
@@ -188,14 +190,22 @@ def test_input_guidance_extrapolates_from_the_input_told_noisy(sr_model):
     assert inside.float().mean() > 0.5
     assert torch.allclose(bold[inside], (2 * plain - weak)[inside], atol=1e-4)
     assert torch.equal(up(steps=3, input_guidance=1.0, guidance_level=30), up(steps=3))
+    assert torch.equal(up(input_guidance=2.0, guidance_level=30, guidance_from=0.5), plain)
+    late = {"spacing": "trailing", "input_guidance": 2.0, "guidance_level": 30}
+    bold_late, plain_late = up(**late), up(spacing="trailing")
+    assert not torch.equal(bold_late, plain_late)
+    assert torch.equal(up(**late, guidance_from=0.5), bold_late) and torch.equal(up(**late, guidance_from=0.9999), plain_late)
 
 
 def test_upscale_with_input_guidance_records_it(sr_model, inpaint_model, tmp_path):
     image = save(tmp_path / "a.png", rgb(6, 5))
-    result = run_cli("upscale", image, "--model", sr_model, "--out", tmp_path / "up", "--steps", "2", "--input-guidance", "2")
+    result = run_cli("upscale", image, "--model", sr_model, "--out", tmp_path / "up", "--steps", "2", "--input-guidance", "2",
+                     "--guidance-from", "0.5")
     assert result.exit_code == 0, result.output
     meta = Image.open(tmp_path / "up" / "a.png").text
-    assert meta["input_guidance"] == "2" and meta["guidance_level"] == "49"
+    assert meta["input_guidance"] == "2" and meta["guidance_level"] == "49" and meta["guidance_from"] == "0.5"
+    one_error_line(run_cli("upscale", image, "--model", sr_model, "--input-guidance", "2", "--guidance-from", "1"),
+                   "--guidance-from must be in [0, 1), got 1")
     one_error_line(run_cli("upscale", image, "--model", sr_model, "--input-guidance", "-1"), "--input-guidance must be >= 0, got -1")
     one_error_line(run_cli("upscale", image, "--model", sr_model, "--input-guidance", "2", "--noise-level", "20", "--guidance-level", "20"),
                    "--guidance-level must lie in [21, 49] (above --noise-level 20), got 20")
@@ -203,10 +213,11 @@ def test_upscale_with_input_guidance_records_it(sr_model, inpaint_model, tmp_pat
     recommended = tmp_path / "recommended"
     shutil.copytree(sr_model, recommended)
     config = json.loads((recommended / "config.json").read_text())
-    config["config"]["task"]["input_guidance"] = 1.5
+    config["config"]["task"] |= {"input_guidance": 1.5, "guidance_from": 0.25}
     (recommended / "config.json").write_text(json.dumps(config))
     assert run_cli("upscale", image, "--model", recommended, "--out", tmp_path / "up2", "--steps", "2").exit_code == 0
-    assert Image.open(tmp_path / "up2" / "a.png").text["input_guidance"] == "1.5"  # the model's default
+    defaults = Image.open(tmp_path / "up2" / "a.png").text
+    assert defaults["input_guidance"] == "1.5" and defaults["guidance_from"] == "0.25"  # the model's defaults
     with pytest.raises(UserError, match="needs a super-resolution model trained with noise levels"):
         Pipeline(M.load(inpaint_model, torch.device("cpu")), Settings(input_guidance=2.0), torch.device("cpu"))
 

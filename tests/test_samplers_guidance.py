@@ -1,5 +1,6 @@
 """Classifier-free guidance on a small real UNet with a text conditioner: the doubled batch keeps its halves
-apart, scale 1 is the conditional model, scale 0 the unconditional or negative one; rescale as diffusers."""
+apart, scale 1 is the conditional model, scale 0 the unconditional or negative one; rescale as diffusers;
+a guidance interval guides the noisier timesteps only."""
 
 import pytest
 import torch
@@ -34,6 +35,21 @@ def test_scales_zero_and_one_are_the_two_halves_alone(net_and_text):
     assert torch.allclose(guided_denoiser(unet, cond, null, 0.0)(X, T), u, atol=1e-5)
     assert torch.allclose(guided_denoiser(unet, cond, neg, 4.0)(X, T), n + 4 * (c - n), atol=1e-4)
     assert (c - n).abs().max() > 1e-4 and (u - n).abs().max() > 1e-4  # the prompts do reach the network
+
+
+@torch.no_grad()
+def test_a_guidance_interval_guides_only_the_noisier_timesteps(net_and_text):
+    """T holds one timestep above 500 and one below: the first is guided, the second is the conditional
+    model alone; with both below, the unconditional half never runs."""
+    unet, text = net_and_text
+    cond, null = text(["a red circle", "a blue square"]), text(["", ""])
+    c, u = (unet(X, T, **enc) for enc in (cond, null))
+    out = guided_denoiser(unet, cond, null, 3.0, from_t=500)(X, T)
+    assert torch.allclose(out[0], (u + 3 * (c - u))[0], atol=1e-4)
+    assert torch.allclose(out[1], c[1], atol=1e-5)
+    calls = []
+    counted = guided_denoiser(lambda x, t, **enc: calls.append(len(x)) or unet(x, t, **enc), cond, null, 3.0, from_t=950)
+    assert torch.equal(counted(X, T), c) and calls == [2]
 
 
 @pytest.mark.parametrize("phi", [0.0, 0.7, 1.0])

@@ -69,6 +69,8 @@ def upscale(
                                          "(models trained with task.noise_levels; 1: off, one UNet pass per step instead of two; "
                                          "default: the model's task.input_guidance)."),
     guidance_level: int = typer.Option(0, "--guidance-level", help="The noise level input guidance pushes away from (0: the model's highest)."),
+    guidance_from: float = typer.Option(None, "--guidance-from", help="Input guidance only at timesteps above this fraction of the schedule, "
+                                        "the noisier part where structure is drawn (0: every step; default: the model's task.guidance_from)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the starting noise (the same for every input)."),
     tile: int = typer.Option(64, "--tile", help="Denoise and decode in overlapping tiles of this many latent pixels when larger (0: never)."),
     out: Path = typer.Option(Path("upscaled"), "--out", "-o", help="Folder for the PNGs (NAME.png for each input)."),
@@ -98,7 +100,8 @@ def upscale(
     def pipeline(canvas: torch.Tensor) -> Pipeline:
         h, w = (v * task.scale for v in canvas.shape[-2:])
         settings = Settings(sampler=sampler, steps=steps, height=h, width=w, tile=tile, precision=dtype, noise_level=noise_level,
-                            guidance=None if prompt else 1.0, eta=eta, input_guidance=input_guidance, guidance_level=guidance_level)
+                            guidance=None if prompt else 1.0, eta=eta, input_guidance=input_guidance, guidance_level=guidance_level,
+                            guidance_from=guidance_from)
         return Pipeline(model, settings, dev)
 
     pipes = [pipeline(c) for _, _, c in lows]
@@ -120,7 +123,8 @@ def upscale(
                     "noise_level": str(noise_level), "model": str(model_dir), "model_id": weights_id(model_dir)}
             meta |= {"eta": f"{eta:g}"} if eta is not None else {}
             if pipe.s.input_guidance != 1.0:
-                meta |= {"input_guidance": f"{pipe.s.input_guidance:g}", "guidance_level": str(pipe.s.guidance_level)}
+                meta |= {"input_guidance": f"{pipe.s.input_guidance:g}", "guidance_level": str(pipe.s.guidance_level),
+                         "guidance_from": f"{pipe.s.guidance_from:g}"}
             for key, value in (meta | ({"prompt": prompt} if prompt else {})).items():
                 info.add_itxt(key, value)
             Image.fromarray(to_uint8(image[..., :h, :w])[0]).save(out / f"{path.stem}.png", pnginfo=info)

@@ -24,10 +24,12 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> to
     return phi * rescaled + (1 - phi) * guided
 
 
-def guided_denoiser(net: Net, cond: dict, uncond: dict | None = None, scale: float = 1.0, rescale: float = 0.0) -> Denoiser:
+def guided_denoiser(net: Net, cond: dict, uncond: dict | None = None, scale: float = 1.0, rescale: float = 0.0,
+                    from_t: float = 0.0) -> Denoiser:
     """denoise(x, t) for `net(x, t, **conditioning)`. `cond` and `uncond` are conditioner outputs for the
     batch (uncond: the null condition or a negative prompt). Scale 1 (or no uncond) runs the conditional
-    half alone; scale 0 is the unconditional model."""
+    half alone; scale 0 is the unconditional model. from_t: guidance only at timesteps t >= from_t (a
+    guidance interval, Kynkaanniemi et al. 2024); below, the conditional half alone, one pass instead of two."""
     if uncond is None or scale == 1.0:
         return lambda x, t: net(x, t, **cond)
     if set(cond) != set(uncond):
@@ -35,8 +37,12 @@ def guided_denoiser(net: Net, cond: dict, uncond: dict | None = None, scale: flo
     both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        guided = t >= from_t
+        if not guided.any():
+            return net(x, t, **cond)
         c, u = net(torch.cat([x, x]), torch.cat([t, t]), **both).float().chunk(2)
         out = u + scale * (c - u)
-        return rescale_guidance(out, c, rescale) if rescale else out
+        out = rescale_guidance(out, c, rescale) if rescale else out
+        return torch.where(guided.view(-1, *[1] * (x.ndim - 1)), out, c)
 
     return denoise

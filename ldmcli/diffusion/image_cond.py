@@ -34,8 +34,8 @@ class TaskConfig:
     autoencoder with residual shortcuts carries almost unchanged into its latent (the difference is a few
     percent of the latent's std), so the model spends its capacity on the detail the input lacks.
 
-    input_guidance (sr with noise levels): the default of `ldm upscale --input-guidance` for this model;
-    sampling only, training ignores it.
+    input_guidance, guidance_from (sr with noise levels): the defaults of `ldm upscale --input-guidance` and
+    `--guidance-from` for this model; sampling only, training ignores them.
     """
 
     kind: Literal["generate", "sr", "inpaint"] = "generate"
@@ -45,6 +45,7 @@ class TaskConfig:
     residual: bool = False
     residual_scale: float = 0.0
     input_guidance: float = 1.0
+    guidance_from: float = 0.0
 
 
 def check(task: TaskConfig) -> None:
@@ -63,6 +64,8 @@ def check(task: TaskConfig) -> None:
         raise UserError(f"task.noise_levels must lie in [0, 1000], got {task.noise_levels}")
     if task.input_guidance != 1.0 and (task.kind != "sr" or not task.noise_levels or task.input_guidance < 0):
         raise UserError(f"task.input_guidance {task.input_guidance:g} needs task.kind = 'sr' with noise levels and a value >= 0 (1: off)")
+    if not 0 <= task.guidance_from < 1:
+        raise UserError(f"task.guidance_from must be in [0, 1), got {task.guidance_from:g}")
 
 
 def concat_channels(task: TaskConfig, latent_channels: int) -> int:
