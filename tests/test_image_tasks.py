@@ -270,3 +270,5 @@ def test_image_tasks_need_image_shards_and_a_known_task(tmp_path, digits_shards)
                    "task.residual is for super-resolution")
     one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--task", "sr", "--set", "task.input_guidance=2", *TINY),
                    "task.input_guidance 2 needs task.kind = 'sr' with noise levels and a value >= 0 (1: off)")
+    one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--task", "sr", "--set", "task.guidance_from=1.5", *TINY),
+                   "task.guidance_from must be in [0, 1), got 1.5")
