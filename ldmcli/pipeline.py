@@ -286,9 +286,10 @@ class Pipeline:
         def crop(inputs: dict, top: int, left: int, h: int, w: int) -> dict:
             return {k: v[..., top:top + h, left:left + w] if k == "concat" else v for k, v in inputs.items()}
 
+        from_t = s.guidance_from * len(self.model.alphas_cumprod)
+
         def for_window(win: tuple[int, int, int, int]) -> Denoiser:
             if weak is not None:
-                from_t = s.guidance_from * len(self.model.alphas_cumprod)
                 return guided_denoiser(self._net, cond | crop(extra, *win), cond | crop(weak, *win), s.input_guidance, from_t=from_t)
             both = crop(extra, *win)
             return guided_denoiser(self._net, cond | both, None if uncond is None else uncond | both, s.guidance, s.rescale)

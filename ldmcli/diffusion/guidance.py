@@ -38,11 +38,11 @@ def guided_denoiser(net: Net, cond: dict, uncond: dict | None = None, scale: flo
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         guided = t >= from_t
-        if not guided.any():
+        if from_t > 0 and not guided.any():
             return net(x, t, **cond)
         c, u = net(torch.cat([x, x]), torch.cat([t, t]), **both).float().chunk(2)
         out = u + scale * (c - u)
         out = rescale_guidance(out, c, rescale) if rescale else out
-        return torch.where(guided.view(-1, *[1] * (x.ndim - 1)), out, c)
+        return torch.where(guided.view(-1, *[1] * (x.ndim - 1)), out, c) if from_t > 0 else out
 
     return denoise
