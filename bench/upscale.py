@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--input-guidance", type=float, help="guidance on the low-resolution input (1: off; default: the model's)")
     parser.add_argument("--guidance-level", type=int, default=0, help="noise level input guidance pushes away from (0: the highest)")
     parser.add_argument("--guidance-from", type=float, help="input guidance only at t >= this fraction of T (default: the model's)")
+    parser.add_argument("--back-projection", type=int, help="iterations of back-projection onto the input (0: none; default: the model's)")
     parser.add_argument("--save", type=Path, help="PNG grid: rows of bicubic, SR, original for the first 8 crops")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -49,7 +50,7 @@ def main() -> None:
     size = model.recipe.first_stage.size * model.first_stage.factor
     settings = Settings(sampler=args.sampler, steps=args.steps, noise_level=args.noise_level, guidance=1.0, eta=args.eta,
                         input_guidance=args.input_guidance, guidance_level=args.guidance_level,
-                        guidance_from=args.guidance_from)
+                        guidance_from=args.guidance_from, back_projection=args.back_projection)
     pipe = Pipeline(model, settings, device)
     figures = {name: ReconAccumulator(scale) for name in ("sr", "bicubic", "ae")}
     images, sr_time, shown = 0, 0.0, []
@@ -71,7 +72,7 @@ def main() -> None:
         save_grid(torch.cat(shown), args.save, nrow=len(shown[0]))
     out = {"images": images, "size": size, "scale": scale, "sampler": args.sampler, "steps": args.steps}
     out |= {"eta": args.eta} if args.eta is not None else {}
-    out |= {"input_guidance": settings.input_guidance}
+    out |= {"input_guidance": settings.input_guidance, "back_projection": settings.back_projection}
     if settings.input_guidance != 1.0:
         out |= {"guidance_level": settings.guidance_level, "guidance_from": settings.guidance_from}
     for name, acc in figures.items():

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ldmcli.autoencoder.tiling import tiled_decode, tiled_encode
 from ldmcli.diffusion import parametrization as P
+from ldmcli.diffusion.degrade import back_project
 from ldmcli.diffusion.first_stage import IdentityFirstStage
 from ldmcli.diffusion.guidance import guided_denoiser
 from ldmcli.diffusion.image_cond import from_residual, inpaint_inputs, sr_inputs
@@ -49,7 +50,12 @@ class Settings:
     way classifier-free guidance pushes away from the null condition (here a weaker condition, as in
     autoguidance). Above 1 it draws the detail the clean input implies more boldly, where the plain model
     hedges towards blur. guidance_from: input guidance only at timesteps t >= guidance_from x T, the noisier
-    part of sampling where structure is laid down (0: every step; None: the model's task.guidance_from)."""
+    part of sampling where structure is laid down (0: every step; None: the model's task.guidance_from).
+
+    back_projection: iterations of back-projection of a super-resolution model's decoded images onto the
+    low-resolution input (degrade.back_project), so that the output shrinks back to the input; 0: none.
+    None: the model's task.back_projection for a clean input (noise_level 0), none for a noisy one, whose
+    noise back-projection would copy into the output."""
 
     sampler: str = "dpmpp_2m"
     steps: int = 25
@@ -68,6 +74,7 @@ class Settings:
     eta: float | None = None
     input_guidance: float | None = None
     guidance_level: int = 0
+    back_projection: int | None = None
     guidance_from: float | None = None
 
 
@@ -124,6 +131,7 @@ class Pipeline:
         if s.guidance is None:
             s.guidance = model.recipe.preview.guidance if self.kind != "none" else 1.0
         self._check_input_guidance(s)
+        self._check_back_projection(s)
 
     def _check(self, s: Settings) -> None:
         if s.sampler not in SAMPLERS:
@@ -178,6 +186,14 @@ class Pipeline:
         if not s.noise_level < s.guidance_level < levels:
             raise UserError(f"--guidance-level must lie in [{s.noise_level + 1}, {levels - 1}] "
                             f"(above --noise-level {s.noise_level}), got {s.guidance_level}")
+
+    def _check_back_projection(self, s: Settings) -> None:
+        if s.back_projection is None:
+            s.back_projection = 0 if s.noise_level else self.model.recipe.task.back_projection
+        if s.back_projection < 0:
+            raise UserError(f"--back-projection must be >= 0, got {s.back_projection}")
+        if s.back_projection and self.task != "sr":
+            raise UserError("--back-projection needs a super-resolution model")
 
     def conditions(self, prompts: Sequence[str], classes: Sequence[int], layouts: Sequence[Layout] = ()) -> list:
         """One entry per requested condition (None for an unconditional model); a class model given no
@@ -338,6 +354,8 @@ class Pipeline:
         if task.residual:
             z = from_residual(task, z, low.to(self.device), (s.height, s.width), self.encode).expand(shape)
         images = self.decode(z)
+        if s.back_projection:
+            images = back_project(images, low.to(self.device), task.scale, s.back_projection)
         if self.task == "inpaint":
             images = paste_known(images, init.to(self.device), mask.to(self.device).float())
         return images

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from test_bad_input import one_error_line
 
 from ldmcli.diffusion import model as M
-from ldmcli.diffusion.degrade import bicubic_down, blind_down
+from ldmcli.diffusion.degrade import back_project, bicubic_down, blind_down
 from ldmcli.diffusion.image_cond import TaskConfig, inpaint_inputs, sr_inputs, training_inputs
 from ldmcli.diffusion.masks import random_masks
 from ldmcli.diffusion.tiled import tiled_denoiser
@@ -222,6 +222,50 @@ def test_upscale_with_input_guidance_records_it(sr_model, inpaint_model, tmp_pat
         Pipeline(M.load(inpaint_model, torch.device("cpu")), Settings(input_guidance=2.0), torch.device("cpu"))
 
 
+def test_back_projection_makes_the_shrink_the_input_and_keeps_the_detail():
+    """The antialiased bicubic x4 shrink cancels a Nyquist checkerboard exactly, so back-projecting an image
+    whose low band is wrong must fix the low band (its shrink converges to the input) and leave the checkerboard."""
+    low = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.6
+    smooth = F.interpolate(low, size=(32, 32), mode="bicubic", align_corners=False) * 0.8 + 0.1
+    checker = 0.2 * (-1.0) ** (torch.arange(32)[:, None] + torch.arange(32)[None, :])
+    shrunk = bicubic_down(checker.expand(1, 3, 32, 32), 4).abs()
+    assert shrunk[..., 2:-2, 2:-2].max() < 1e-6 and shrunk.max() < 2e-3  # the border's truncated kernels nearly
+    image = smooth + checker
+    misses = [(bicubic_down(back_project(image, low, 4, k), 4) - low).abs().max().item() for k in (0, 1, 3, 10, 30)]
+    assert misses == sorted(misses, reverse=True) and misses[0] > 0.05 and misses[-1] < 1e-3
+    kept = (back_project(image, low, 4, 30) * checker).mean() / checker.pow(2).mean()
+    assert kept == pytest.approx(1, abs=0.05)
+
+
+def test_upscale_back_projects_onto_the_input(sr_model, inpaint_model, tmp_path):
+    pixels = np.random.default_rng(0).integers(60, 190, (8, 8, 3), dtype=np.uint8)  # a shrink that needs no clipping to reach
+    image = save(tmp_path / "a.png", pixels)
+    low = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+    def miss(folder, *args):
+        result = run_cli("upscale", image, "--model", sr_model, "--out", tmp_path / folder, "--steps", "2", *args)
+        assert result.exit_code == 0, result.output
+        png = Image.open(tmp_path / folder / "a.png")
+        out = torch.from_numpy(np.asarray(png.convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+        return (bicubic_down(out, 4) - low).abs().mean().item(), png.text
+
+    plain, plain_meta = miss("plain")
+    projected, meta = miss("projected", "--back-projection", "30")
+    assert projected < 0.005 and plain > 0.1 and "back_projection" not in plain_meta and meta["back_projection"] == "30"
+    recommended = tmp_path / "recommended"
+    shutil.copytree(sr_model, recommended)
+    config = json.loads((recommended / "config.json").read_text())
+    config["config"]["task"]["back_projection"] = 10
+    (recommended / "config.json").write_text(json.dumps(config))
+    for args, want in (((), "10"), (("--noise-level", "10"), None), (("--noise-level", "10", "--back-projection", "3"), "3")):
+        result = run_cli("upscale", image, "--model", recommended, "--out", tmp_path / "rec", "--steps", "1", *args)
+        assert result.exit_code == 0, result.output
+        assert Image.open(tmp_path / "rec" / "a.png").text.get("back_projection") == want  # the model's default, for clean inputs
+    one_error_line(run_cli("upscale", image, "--model", sr_model, "--back-projection", "-1"), "--back-projection must be >= 0, got -1")
+    with pytest.raises(UserError, match="--back-projection needs a super-resolution model"):
+        Pipeline(M.load(inpaint_model, torch.device("cpu")), Settings(back_projection=2), torch.device("cpu"))
+
+
 def inpaint(model, tmp_path, h, w, region, *args):
     """`ldm sample --init --mask` on a random h x w picture with `region` masked; returns the init's path."""
     init = save(tmp_path / "init.png", rgb(h, w))
@@ -272,3 +316,6 @@ def test_image_tasks_need_image_shards_and_a_known_task(tmp_path, digits_shards)
                    "task.input_guidance 2 needs task.kind = 'sr' with noise levels and a value >= 0 (1: off)")
     one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--task", "sr", "--set", "task.guidance_from=1.5", *TINY),
                    "task.guidance_from must be in [0, 1), got 1.5")
+    one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--task", "sr", "--set", "task.degradation=blind",
+                           "--set", "task.back_projection=10", *TINY),
+                   "task.back_projection 10 needs task.kind = 'sr' with the bicubic degradation")

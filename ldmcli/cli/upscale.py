@@ -71,6 +71,8 @@ def upscale(
     guidance_level: int = typer.Option(0, "--guidance-level", help="The noise level input guidance pushes away from (0: the model's highest)."),
     guidance_from: float = typer.Option(None, "--guidance-from", help="Input guidance only at timesteps above this fraction of the schedule, "
                                         "the noisier part where structure is drawn (0: every step; default: the model's task.guidance_from)."),
+    back_projection: int = typer.Option(None, "--back-projection", help="Iterations of back-projection onto the input after decoding, so the "
+                                        "output shrinks back to it (0: none; default: the model's task.back_projection, none with --noise-level)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the starting noise (the same for every input)."),
     tile: int = typer.Option(64, "--tile", help="Denoise and decode in overlapping tiles of this many latent pixels when larger (0: never)."),
     out: Path = typer.Option(Path("upscaled"), "--out", "-o", help="Folder for the PNGs (NAME.png for each input)."),
@@ -101,7 +103,7 @@ def upscale(
         h, w = (v * task.scale for v in canvas.shape[-2:])
         settings = Settings(sampler=sampler, steps=steps, height=h, width=w, tile=tile, precision=dtype, noise_level=noise_level,
                             guidance=None if prompt else 1.0, eta=eta, input_guidance=input_guidance, guidance_level=guidance_level,
-                            guidance_from=guidance_from)
+                            guidance_from=guidance_from, back_projection=back_projection)
         return Pipeline(model, settings, dev)
 
     pipes = [pipeline(c) for _, _, c in lows]
@@ -125,6 +127,7 @@ def upscale(
             if pipe.s.input_guidance != 1.0:
                 meta |= {"input_guidance": f"{pipe.s.input_guidance:g}", "guidance_level": str(pipe.s.guidance_level),
                          "guidance_from": f"{pipe.s.guidance_from:g}"}
+            meta |= {"back_projection": str(pipe.s.back_projection)} if pipe.s.back_projection else {}
             for key, value in (meta | ({"prompt": prompt} if prompt else {})).items():
                 info.add_itxt(key, value)
             Image.fromarray(to_uint8(image[..., :h, :w])[0]).save(out / f"{path.stem}.png", pnginfo=info)

@@ -20,6 +20,18 @@ def bicubic_down(x: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(x, size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
 
 
+def back_project(images: torch.Tensor, low: torch.Tensor, scale: int, iterations: int) -> torch.Tensor:
+    """Iterative back-projection (Irani and Peleg, 1991): what the upscaled images' bicubic shrink misses of
+    the low-resolution input is upsampled bicubically and added back, `iterations` times, until the shrink
+    is the input again. Detail above the input's Nyquist frequency, which the shrink filters out, stays as
+    the model drew it; the low band, which sampling and the decoder only approximate, comes from the input."""
+    size = images.shape[-2:]
+    for _ in range(iterations):
+        miss = low - bicubic_down(images, scale)
+        images = (images + F.interpolate(miss, size=size, mode="bicubic", align_corners=False)).clamp(-1, 1)
+    return images
+
+
 def _uniform(gen: torch.Generator | None, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=gen))
 

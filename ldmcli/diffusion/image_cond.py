@@ -36,6 +36,9 @@ class TaskConfig:
 
     input_guidance, guidance_from (sr with noise levels): the defaults of `ldm upscale --input-guidance` and
     `--guidance-from` for this model; sampling only, training ignores them.
+
+    back_projection (sr, bicubic degradation): the default of `ldm upscale --back-projection`, the iterations
+    of back-projection onto the input after decoding (0: none); sampling only.
     """
 
     kind: Literal["generate", "sr", "inpaint"] = "generate"
@@ -46,6 +49,7 @@ class TaskConfig:
     residual_scale: float = 0.0
     input_guidance: float = 1.0
     guidance_from: float = 0.0
+    back_projection: int = 0
 
 
 def check(task: TaskConfig) -> None:
@@ -66,6 +70,9 @@ def check(task: TaskConfig) -> None:
         raise UserError(f"task.input_guidance {task.input_guidance:g} needs task.kind = 'sr' with noise levels and a value >= 0 (1: off)")
     if not 0 <= task.guidance_from < 1:
         raise UserError(f"task.guidance_from must be in [0, 1), got {task.guidance_from:g}")
+    if task.back_projection and (task.kind != "sr" or task.degradation != "bicubic" or task.back_projection < 0):
+        raise UserError(f"task.back_projection {task.back_projection} needs task.kind = 'sr' with the bicubic degradation "
+                        "(the blind mix's inputs are not the bicubic shrink of the image) and a value >= 0 (0: off)")
 
 
 def concat_channels(task: TaskConfig, latent_channels: int) -> int:
