@@ -7,6 +7,7 @@ LDM-4 cannot pass. The issue's goal: HF ratio >= 0.8 with PSNR at most 2 dB unde
 Prints `name: value` lines last (and --json); never asserts.
   python bench/upscale.py --model runs/sr-photos-x4/model --val data/photos-val --n 256 --save sr.png
   python bench/upscale.py --model runs/sr-photos-x4/model --val data/photos-val --sampler ddpm --steps 50 --input-guidance 2
+  python bench/upscale.py --model runs/sr-photos-x4/model --val data/photos-val --sampler ddpm --steps 50 --back-projection 0
 """
 
 from __future__ import annotations
