@@ -33,8 +33,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--val", required=True, help="held-out image shards (the SR model's training size)")
     parser.add_argument("--n", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--sampler", default="dpmpp_2m")
+    parser.add_argument("--steps", type=int, help="sampler steps (default: the model's sampling.steps)")
+    parser.add_argument("--sampler", help="default: the model's sampling.sampler")
     parser.add_argument("--eta", type=float, help="stochastic samplers' noise per step (default: the sampler's own)")
     parser.add_argument("--noise-level", type=int, default=0)
     parser.add_argument("--input-guidance", type=float, help="guidance on the low-resolution input (1: off; default: the model's)")
@@ -71,7 +71,7 @@ def main() -> None:
             break
     if args.save:
         save_grid(torch.cat(shown), args.save, nrow=len(shown[0]))
-    out = {"images": images, "size": size, "scale": scale, "sampler": args.sampler, "steps": args.steps}
+    out = {"images": images, "size": size, "scale": scale, "sampler": settings.sampler, "steps": settings.steps}
     out |= {"eta": args.eta} if args.eta is not None else {}
     out |= {"input_guidance": settings.input_guidance, "back_projection": settings.back_projection}
     if settings.input_guidance != 1.0:

@@ -34,14 +34,14 @@ SPACINGS = ("leading", "trailing", "linspace")
 
 @dataclass
 class Settings:
-    """guidance None: the model's preview guidance when it is conditional, else 1. height/width 0: the
-    training size. strength: how much of an init image is re-noised (1 = all). tile: decode (and encode)
-    in overlapping tiles of this many latent pixels when the latent is larger, and denoise so for
-    super-resolution and inpainting models (0 = never). noise_level: the augmentation level a
-    super-resolution model trained with noise levels is told its low-resolution input has. compile: the
-    UNet through torch.compile with frozen weights (a one-off compile, then faster steps). eta: the
-    stochastic samplers' fresh noise per step (ddim, euler_a, dpmpp_2m_sde; None: the sampler's own), the
-    knob between a deterministic ODE solve and ancestral sampling.
+    """sampler, steps None: the model's sampling.sampler and sampling.steps. guidance None: the model's
+    preview guidance when it is conditional, else 1. height/width 0: the training size. strength: how
+    much of an init image is re-noised (1 = all). tile: decode (and encode) in overlapping tiles of this
+    many latent pixels when the latent is larger, and denoise so for super-resolution and inpainting models
+    (0 = never). noise_level: the augmentation level a super-resolution model trained with noise levels is
+    told its low-resolution input has. compile: the UNet through torch.compile with frozen weights (a
+    one-off compile, then faster steps). eta: the stochastic samplers' fresh noise per step (ddim, euler_a,
+    dpmpp_2m_sde; None: the sampler's own), the knob between a deterministic ODE solve and ancestral sampling.
 
     input_guidance: guidance on a super-resolution model's low-resolution input, for models trained with
     noise levels (None: the model's task.input_guidance). The prediction from the input as it is (at
@@ -57,8 +57,8 @@ class Settings:
     None: the model's task.back_projection for a clean input (noise_level 0), none for a noisy one, whose
     noise back-projection would copy into the output."""
 
-    sampler: str = "dpmpp_2m"
-    steps: int = 25
+    sampler: str | None = None
+    steps: int | None = None
     spacing: str = "linspace"
     karras: bool = False
     guidance: float | None = None
@@ -123,6 +123,8 @@ class Pipeline:
         s.height, s.width = s.height or fs.size * self.factor, s.width or fs.size * self.factor
         self.multiple = self.factor * model.unet.size_multiple
         self.kind = model.recipe.conditioner.kind
+        s.sampler = model.recipe.sampling.sampler if s.sampler is None else s.sampler
+        s.steps = model.recipe.sampling.steps if s.steps is None else s.steps
         self._check(s)
         self.precision = resolve(s.precision, device, "--dtype")
         self._unet = FrozenCompiled(model.unet) if s.compile else model.unet

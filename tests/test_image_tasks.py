@@ -256,10 +256,12 @@ def test_upscale_back_projects_onto_the_input(sr_model, inpaint_model, tmp_path)
     shutil.copytree(sr_model, recommended)
     config = json.loads((recommended / "config.json").read_text())
     config["config"]["task"]["back_projection"] = 10
+    config["config"]["sampling"] = {"sampler": "ddim", "steps": 1}
     (recommended / "config.json").write_text(json.dumps(config))
     for args, want in (((), "10"), (("--noise-level", "10"), None), (("--noise-level", "10", "--back-projection", "3"), "3")):
-        result = run_cli("upscale", image, "--model", recommended, "--out", tmp_path / "rec", "--steps", "1", *args)
+        result = run_cli("upscale", image, "--model", recommended, "--out", tmp_path / "rec", *args)
         assert result.exit_code == 0, result.output
+        assert "ddim, 1 steps" in result.output  # the model's sampler
         assert Image.open(tmp_path / "rec" / "a.png").text.get("back_projection") == want  # the model's default, for clean inputs
     one_error_line(run_cli("upscale", image, "--model", sr_model, "--back-projection", "-1"), "--back-projection must be >= 0, got -1")
     with pytest.raises(UserError, match="--back-projection needs a super-resolution model"):
@@ -316,6 +318,8 @@ def test_image_tasks_need_image_shards_and_a_known_task(tmp_path, digits_shards)
                    "task.input_guidance 2 needs task.kind = 'sr' with noise levels and a value >= 0 (1: off)")
     one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--task", "sr", "--set", "task.guidance_from=1.5", *TINY),
                    "task.guidance_from must be in [0, 1), got 1.5")
+    one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--set", "sampling.sampler=ddpn", *TINY),
+                   "sampling.sampler must be one of")
     one_error_line(run_cli("train-diffusion", digits_shards, "--out", tmp_path / "r", "--task", "sr", "--set", "task.degradation=blind",
                            "--set", "task.back_projection=10", *TINY),
                    "task.back_projection 10 needs task.kind = 'sr' with the bicubic degradation")

@@ -2,6 +2,9 @@
 settings, seeds that reproduce, every sampler, text prompts, larger-than-trained sizes, img2img,
 inpainting, and one-line errors."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -50,6 +53,20 @@ def test_class_samples_carry_their_settings_and_a_grid(class_model, tmp_path):
         "class": "7", "seed": "7", "sampler": "euler_a", "steps": "3", "spacing": "linspace", "guidance": "2", "size": "16x16"}
     assert text["model"] == str(class_model) and len(text["model_id"]) == 16
     assert Image.open(tmp_path / "grid.png").size == (2 * 18 + 2, 2 * 18 + 2)
+
+
+def test_a_model_dir_carries_its_default_sampler(class_model, tmp_path):
+    """A recipe's [sampling] section sets the sampler and steps used when the command is not told."""
+    model = tmp_path / "model"
+    shutil.copytree(class_model, model)
+    config = json.loads((model / "config.json").read_text())
+    assert config["config"]["sampling"] == {"sampler": "dpmpp_2m", "steps": 25}
+    config["config"]["sampling"] = {"sampler": "ddim", "steps": 2}
+    (model / "config.json").write_text(json.dumps(config))
+    for args, want in (((), ("ddim", "2")), (("--sampler", "euler_a"), ("euler_a", "2")), (("--steps", "3"), ("ddim", "3"))):
+        sample(model, tmp_path / "out", "--class", "1", "--n", "1", *args)
+        text = Image.open(tmp_path / "out" / "00000.png").text
+        assert (text["sampler"], text["steps"]) == want
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m_sde"])

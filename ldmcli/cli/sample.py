@@ -80,6 +80,8 @@ def _condition_chunks(c) -> dict:
     return {"class": str(c)} if isinstance(c, int) else {"prompt": c}
 
 
+SAMPLER = typer.Option(None, "--sampler", help=f"One of {', '.join(SAMPLERS)} (default: the model's sampling.sampler, dpmpp_2m unless its recipe says otherwise).")
+STEPS = typer.Option(None, "--steps", help="Sampler steps; heun costs 2 model calls a step, plms 1 extra (default: the model's sampling.steps, 25 unless its recipe says otherwise).")
 ETA = typer.Option(None, "--eta", help="Fresh noise per step, 0 (deterministic) to 1 (ancestral), for ddim (default 0), euler_a and dpmpp_2m_sde (default 1).")
 
 
@@ -91,8 +93,8 @@ def sample(
     layouts: list[Path] = typer.Option([], "--layout", help='Layout JSON file (repeatable): a list of {"label", "colour" (optional), "box": [x0, y0, x1, y1] in 0..1}.'),
     n: int = typer.Option(4, "--n", help="Images per prompt, class or layout (in all, for an unconditional model)."),
     batch: int = typer.Option(8, "--batch", help="Images sampled together."),
-    sampler: str = typer.Option("dpmpp_2m", "--sampler", help=f"One of {', '.join(SAMPLERS)}."),
-    steps: int = typer.Option(25, "--steps", help="Sampler steps (heun costs 2 model calls a step, plms 1 extra)."),
+    sampler: str = SAMPLER,
+    steps: int = STEPS,
     spacing: str = typer.Option("linspace", "--spacing", help="Timesteps: linspace (T-1 down to 0, even), trailing (even from T-1; last step at T/steps - 1) or leading (even from 0; never reaches T-1)."),
     karras: bool = typer.Option(False, "--karras", help="Karras sigmas (sigma-based samplers)."),
     eta: float = ETA,

@@ -14,7 +14,7 @@ from PIL import Image, PngImagePlugin
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ldmcli.cli.sample import ETA, load_image, to_tensor
+from ldmcli.cli.sample import ETA, SAMPLER, STEPS, load_image, to_tensor
 from ldmcli.data.folder import IMAGE_SUFFIXES
 from ldmcli.diffusion import model as M
 from ldmcli.diffusion.samplers import SAMPLERS
@@ -61,8 +61,8 @@ def upscale(
     model_dir: Path = typer.Option(..., "--model", "-m", help="Super-resolution model dir (ldm train-diffusion --task sr)."),
     scale: int = typer.Option(0, "--scale", help="Upscaling factor; must be the one the model was trained for (default: that one)."),
     prompt: str = typer.Option("", "--prompt", "-p", help="Caption, for a text-conditional super-resolution model."),
-    sampler: str = typer.Option("dpmpp_2m", "--sampler", help=f"One of {', '.join(SAMPLERS)}."),
-    steps: int = typer.Option(25, "--steps", help="Sampler steps."),
+    sampler: str = SAMPLER,
+    steps: int = STEPS,
     eta: float = ETA,
     noise_level: int = typer.Option(0, "--noise-level", help="Augmentation level the model is told its input has (models trained with task.noise_levels)."),
     input_guidance: float = typer.Option(None, "--input-guidance", help="Guidance on the low-resolution input: above 1 draws detail more boldly "
@@ -108,7 +108,8 @@ def upscale(
 
     pipes = [pipeline(c) for _, _, c in lows]
     conds = pipes[0].conditions([prompt] if prompt else [], [])
-    evals = steps + SAMPLERS[sampler].extra_evals(steps)
+    chosen = pipes[0].s
+    evals = chosen.steps + SAMPLERS[chosen.sampler].extra_evals(chosen.steps)
     total = sum(p.tiles() * evals for p in pipes)
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
@@ -121,7 +122,7 @@ def upscale(
             image = pipe(conds, [seed], low=canvas, on_tile=lambda: bar.advance(job))
             h, w = (v * task.scale for v in low.shape[-2:])
             info = PngImagePlugin.PngInfo()
-            meta = {"source": str(path), "scale": str(task.scale), "sampler": sampler, "steps": str(steps), "seed": str(seed),
+            meta = {"source": str(path), "scale": str(task.scale), "sampler": chosen.sampler, "steps": str(chosen.steps), "seed": str(seed),
                     "noise_level": str(noise_level), "model": str(model_dir), "model_id": weights_id(model_dir)}
             meta |= {"eta": f"{eta:g}"} if eta is not None else {}
             if pipe.s.input_guidance != 1.0:
@@ -132,4 +133,4 @@ def upscale(
                 info.add_itxt(key, value)
             Image.fromarray(to_uint8(image[..., :h, :w])[0]).save(out / f"{path.stem}.png", pnginfo=info)
             bar.update(job, images=f"{k + 1}/{len(files)} images")
-    typer.echo(f"upscaled {len(files)} images x{task.scale} into {out} ({time.monotonic() - start:.1f} s, {sampler}, {steps} steps)")
+    typer.echo(f"upscaled {len(files)} images x{task.scale} into {out} ({time.monotonic() - start:.1f} s, {chosen.sampler}, {chosen.steps} steps)")

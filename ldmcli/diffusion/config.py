@@ -49,6 +49,15 @@ class PreviewConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """The sampler and step count `ldm sample`, `ldm upscale` and `ldm eval` use when not told, so a model
+    dir carries the sampler its figures were measured with (as a diffusers pipeline carries its scheduler)."""
+
+    sampler: str = "dpmpp_2m"
+    steps: int = 25
+
+
+@dataclass
 class DiffusionRecipe:
     task: TaskConfig = field(default_factory=TaskConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -57,5 +66,6 @@ class DiffusionRecipe:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
     preview: PreviewConfig = field(default_factory=PreviewConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(size=32))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, ema_decay=0.9999))

@@ -20,6 +20,7 @@ from ldmcli.diffusion.conditioning import build_conditioner, context_dim
 from ldmcli.diffusion.config import KIND, DiffusionRecipe
 from ldmcli.diffusion.first_stage import load_first_stage
 from ldmcli.diffusion.image_cond import check as check_task, concat_channels
+from ldmcli.diffusion.samplers import SAMPLERS
 from ldmcli.diffusion.schedule import alphas_cumprod
 from ldmcli.diffusion.unet import UNet
 from ldmcli.errors import UserError
@@ -30,6 +31,9 @@ def resolve(recipe: DiffusionRecipe, channels: int, size: int) -> DiffusionRecip
     """Fill in what the recipe leaves to the data: latent channels and size, context width, the extra
     input channels and noise levels of an image-conditioned task."""
     check_task(recipe.task)
+    if recipe.sampling.sampler not in SAMPLERS or recipe.sampling.steps < 1:
+        raise UserError(f"sampling.sampler must be one of {', '.join(SAMPLERS)} and sampling.steps at least 1, "
+                        f"got '{recipe.sampling.sampler}' and {recipe.sampling.steps}")
     fs = dataclasses.replace(recipe.first_stage, channels=channels, size=size)
     width = context_dim(recipe.conditioner)
     unet = recipe.unet
