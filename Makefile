@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python bench/unet_train.py
 	$(BIN)/python bench/latent_vs_pixel.py
 	$(BIN)/python bench/demo_steps.py
+	$(BIN)/python bench/allocator.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

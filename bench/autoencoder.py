@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ldmcli import allocator
 from ldmcli.autoencoder.config import AutoencoderRecipe
 from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.config import load_recipe
@@ -30,6 +31,7 @@ def main() -> None:
     add_precision_option(parser)
     parser.add_argument("--json")
     args = parser.parse_args()
+    allocator.configure()  # malloc as `ldm` sets it, for every model timed here (LDM_MALLOC=system: glibc's)
     device = torch.device(args.device)
 
     from diffusers import AutoencoderKL

@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ldmcli import allocator
 from ldmcli.data.builtin import builtin_samples
 from ldmcli.data.reader import TrainStream
 from ldmcli.data.shards import write_shards
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
+    allocator.configure()  # malloc as `ldm` sets it, for every model timed here (LDM_MALLOC=system: glibc's)
 
     with tempfile.TemporaryDirectory() as tmp:
         shards = args.shards or build_shards(Path(tmp), args.samples, args.size)

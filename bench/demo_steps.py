@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from ldmcli import allocator
 from ldmcli.autoencoder.config import AutoencoderRecipe
 from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.config import load_recipe
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=CHOICES)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    allocator.configure()  # malloc as `ldm` sets it, for every model timed here (LDM_MALLOC=system: glibc's)
     precision = resolve(args.precision, CPU, "--precision")
     figures = {"precision": precision, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     for name, make in (("autoencoder", autoencoder_step), ("latent", latent_step)):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ldmcli import allocator
 from ldmcli.autoencoder.config import AutoencoderConfig
 from ldmcli.autoencoder.model import Autoencoder
 from ldmcli.diffusion.samplers import sample_dpmpp_2m, spaced_timesteps
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    allocator.configure()  # malloc as `ldm` sets it, for every model timed here (LDM_MALLOC=system: glibc's)
     precision = resolve(args.precision, torch.device("cpu"), "--precision")
     rows = {f: measure(f, args.batch, args.steps, args.repeats, precision) for f in FACTORS}
     if args.plot:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ldmcli import allocator
 from report import report
 from timing import add_precision_option, precisions, synchronize
 
@@ -150,6 +151,7 @@ def loss_curves(steps: int, device: str = "cpu") -> tuple[list[float], list[floa
 
 
 def child(args) -> None:
+    allocator.configure()  # malloc as `ldm` sets it, for both models (LDM_MALLOC=system: glibc's)
     print(json.dumps(run_one(args.which, args.precision, args.fused, args.steps, args.repeats, args.compiled, args.batch, args.device)))
 
 

@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from ldmcli import __version__
+from ldmcli import __version__, allocator
 from ldmcli.errors import UserError
 
 
@@ -80,5 +80,9 @@ _register()
 
 
 def run() -> None:
-    """Console entry point."""
+    """Console entry point: malloc set for reuse (ldmcli/allocator.py) before any tensor exists."""
+    try:
+        allocator.configure()
+    except ValueError as err:
+        _fail(str(err), 2)
     app()
