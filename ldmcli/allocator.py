@@ -25,6 +25,7 @@ ENV = "LDM_MALLOC"
 CHOICES = ("reuse", "system")
 # Free memory at the top of the heap beyond this goes back to the kernel; below it stays for reuse.
 _KEEP_BYTES = 1 << 30
+_applied = False
 
 
 def configure(mode: str | None = None) -> bool:
@@ -37,7 +38,16 @@ def configure(mode: str | None = None) -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+    global _applied
+    _applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+    return _applied
+
+
+def describe() -> str:
+    """This process's setting, for `ldm info`."""
+    if _applied:
+        return f"reuse ({ENV}=system: glibc's defaults)"
+    return "glibc's defaults" if supported() else "the C library's own (not glibc)"
 
 
 def supported() -> bool:

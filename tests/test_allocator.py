@@ -53,3 +53,10 @@ def test_cli_refuses_an_unknown_setting_in_one_line():
     assert result.returncode == 2
     assert result.stderr.strip() == "error: LDM_MALLOC must be one of reuse, system, got 'tcmalloc'"
     assert run_ldm("--version", env={"LDM_MALLOC": "system"}).returncode == 0
+
+
+@glibc
+def test_ldm_info_says_which_setting_the_process_runs():
+    assert "reuse (LDM_MALLOC=system: glibc's defaults)" in run_ldm("info").stdout
+    shown = run_ldm("info", env={"LDM_MALLOC": "system"}).stdout
+    assert "glibc's defaults" in shown and "reuse" not in shown

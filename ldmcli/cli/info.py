@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ldmcli import __version__
+from ldmcli import __version__, allocator
 from ldmcli.precision import native_bf16
 
 OPTIONAL_WEIGHTS = {
@@ -43,6 +43,7 @@ def info() -> None:
     native = [d for d in ("cuda", "cpu") if (d == "cpu" or cuda) and native_bf16(torch.device(d))]
     table.add_row("bf16 autocast", f"native on {' and '.join(native)}" if native else "not native here: precision auto runs fp32")
     table.add_row("cpu capability", torch.backends.cpu.get_cpu_capability())
+    table.add_row("malloc", allocator.describe())
     table.add_row("weights dir", str(hub_checkpoints()))
     for label, name in OPTIONAL_WEIGHTS.items():
         found = (hub_checkpoints() / name).is_file()
