@@ -2,8 +2,8 @@
 
 glibc's malloc serves every block above its mmap threshold (128 KiB, rising to at most 32 MiB) with a
 fresh mmap and unmaps it on free, so each large activation of a training step is zero-filled by the
-kernel again, page by page: about 2 million page faults a step for a 64 px pixel UNet at batch 32, and
-10,000 per batch when encoding or decoding 64 px photos. torch's CPU allocator has no cache of its own
+kernel again, page by page: 1.4 million page faults a step for a 64 px pixel UNet at batch 32, and
+6,000-10,000 per batch of 16 when encoding or decoding 64 px photos (bench/allocator.py). torch's CPU allocator has no cache of its own
 (CUDA's has), so CPU tensors pay this on every step. Served from the heap, and with freed memory left
 there, the next step reuses the same pages without a fault. This is what tcmalloc or jemalloc under
 LD_PRELOAD buy, done in-process with mallopt so that nothing has to be installed or preloaded.
@@ -14,7 +14,7 @@ LDM_MALLOC=system keeps glibc's defaults. Elsewhere than glibc (macOS, musl) not
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 
 # mallopt parameters from glibc's malloc.h
@@ -55,12 +55,11 @@ def supported() -> bool:
     return _glibc() is not None
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """The C library already loaded in this process, when it is glibc (no lookup on disk at start-up)."""
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
