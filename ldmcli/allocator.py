@@ -30,7 +30,7 @@ _applied = False
 
 def configure(mode: str | None = None) -> bool:
     """Apply `mode` (default: $LDM_MALLOC, else "reuse"); True when malloc's settings changed."""
-    mode = mode or os.environ.get(ENV, "reuse")
+    mode = mode or os.environ.get(ENV) or "reuse"  # an empty LDM_MALLOC counts as unset
     if mode not in CHOICES:
         raise ValueError(f"{ENV} must be one of {', '.join(CHOICES)}, got '{mode}'")
     if mode == "system":

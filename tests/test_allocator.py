@@ -53,6 +53,7 @@ def test_cli_refuses_an_unknown_setting_in_one_line():
     assert result.returncode == 2
     assert result.stderr.strip() == "error: LDM_MALLOC must be one of reuse, system, got 'tcmalloc'"
     assert run_ldm("--version", env={"LDM_MALLOC": "system"}).returncode == 0
+    assert run_ldm("--version", env={"LDM_MALLOC": ""}).returncode == 0
 
 
 @glibc
