@@ -1,7 +1,7 @@
 """What `ldm`'s malloc setting (ldmcli/allocator.py: freed memory stays in the process for reuse) buys on
 the CPU, against glibc's defaults (LDM_MALLOC=system), per workload: the anchor UNet of
 bench/unet_train.py (training step and forward, batch 32), the photos autoencoder (encode and decode,
-batch 16 at 64 px) and the pixel-space UNet of bench/latent_vs_pixel.py (training step, batch 32 at
+batch 16 at 64 px; a training step at its recipe's batch and crop, L1 only) and the pixel-space UNet of bench/latent_vs_pixel.py (training step, batch 32 at
 64 px). Each (workload, setting) runs in its own process, so its page faults and peak memory are its
 own; the two settings alternate over `--rounds` and the fastest call counts. Precision: bf16 autocast
 where the CPU does bf16 natively, else fp32. Prints `name: value` lines last; never asserts on time.
@@ -26,7 +26,7 @@ from ldmcli import allocator
 from ldmcli.precision import autocast, resolve
 from report import report
 
-WORKLOADS = ("unet_train", "unet_forward", "ae_encode", "ae_decode", "pixel_train")
+WORKLOADS = ("unet_train", "unet_forward", "ae_train", "ae_encode", "ae_decode", "pixel_train")
 
 
 def workload(name: str, precision: str):
@@ -53,7 +53,21 @@ def workload(name: str, precision: str):
         from ldmcli.autoencoder.model import Autoencoder
         from ldmcli.config import load_recipe
 
-        ae = Autoencoder(load_recipe(AutoencoderRecipe, Path("recipes/ae-kl-f4-photos.toml")).model).eval()
+        recipe = load_recipe(AutoencoderRecipe, Path("recipes/ae-kl-f4-photos.toml"))
+        ae = Autoencoder(recipe.model)
+        if name == "ae_train":
+            opt = torch.optim.AdamW(ae.parameters(), lr=1e-4, fused=True)
+            crops = torch.rand(recipe.train.batch_size, 3, recipe.train_crop, recipe.train_crop) * 2 - 1
+
+            def train_step():
+                with cast:
+                    loss = (ae.decode(ae.encode(crops)).float() - crops).abs().mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            return train_step, crops.shape[0]
+        ae.eval()
         x = torch.rand(16, 3, 64, 64) * 2 - 1
         with torch.no_grad():
             z = ae.encode(x)
