@@ -22,7 +22,8 @@ def test_allocator_bench_reports_both_settings_and_their_ratio(tmp_path):
     system, reuse = figures["ae_decode_system_img_s"], figures["ae_decode_reuse_img_s"]
     assert system > 0 and reuse > 0
     assert abs(figures["ae_decode_speedup"] - reuse / system) < 1e-9
-    # glibc's default maps and zero-fills the decoder's large activations on every call (about 10,000
-    # pages); under reuse they come back mapped, bar now and then a block the heap places anew
-    assert figures["ae_decode_system_faults_per_call"] > max(2 * figures["ae_decode_reuse_faults_per_call"], 1000)
-    assert figures["ae_decode_reuse_peak_mem_mb"] > 0
+    # the decoder's blocks are at most 32 MiB, which glibc's own threshold sometimes learns to keep, so its
+    # fault counts need not differ here; tests/test_allocator.py checks the difference on larger blocks
+    for mode in ("system", "reuse"):
+        assert figures[f"ae_decode_{mode}_faults_per_call"] >= 0
+        assert figures[f"ae_decode_{mode}_peak_mem_mb"] > 100  # a process holding torch and the model
