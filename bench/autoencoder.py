@@ -31,7 +31,7 @@ def main() -> None:
     add_precision_option(parser)
     parser.add_argument("--json")
     args = parser.parse_args()
-    allocator.configure()  # malloc as `ldm` sets it, for every model timed here (LDM_MALLOC=system: glibc's)
+    allocator.configure()  # malloc as `ldm` sets it (LDM_MALLOC=system: glibc's defaults)
     device = torch.device(args.device)
 
     from diffusers import AutoencoderKL

@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=CHOICES)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    allocator.configure()  # malloc as `ldm` sets it, for every model timed here (LDM_MALLOC=system: glibc's)
+    allocator.configure()  # malloc as `ldm` sets it (LDM_MALLOC=system: glibc's defaults)
     precision = resolve(args.precision, CPU, "--precision")
     figures = {"precision": precision, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     for name, make in (("autoencoder", autoencoder_step), ("latent", latent_step)):

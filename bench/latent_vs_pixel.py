@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    allocator.configure()  # malloc as `ldm` sets it, for every model timed here (LDM_MALLOC=system: glibc's)
+    allocator.configure()  # malloc as `ldm` sets it (LDM_MALLOC=system: glibc's defaults)
     precision = resolve(args.precision, torch.device("cpu"), "--precision")
     rows = {f: measure(f, args.batch, args.steps, args.repeats, precision) for f in FACTORS}
     if args.plot:

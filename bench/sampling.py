@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the compiled UNets and sampler (minutes of compiling)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
-    allocator.configure()  # malloc as `ldm` sets it, for every model timed here (LDM_MALLOC=system: glibc's)
+    allocator.configure()  # malloc as `ldm` sets it (LDM_MALLOC=system: glibc's defaults)
     cache = tempfile.TemporaryDirectory(prefix="inductor-") if args.compile else None  # removed at exit
     if cache:  # a cold inductor cache: the compile time is what a user first pays
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name

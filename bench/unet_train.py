@@ -151,7 +151,7 @@ def loss_curves(steps: int, device: str = "cpu") -> tuple[list[float], list[floa
 
 
 def child(args) -> None:
-    allocator.configure()  # malloc as `ldm` sets it, for both models (LDM_MALLOC=system: glibc's)
+    allocator.configure()  # malloc as `ldm` sets it (LDM_MALLOC=system: glibc's defaults)
     print(json.dumps(run_one(args.which, args.precision, args.fused, args.steps, args.repeats, args.compiled, args.batch, args.device)))
 
 

@@ -4,10 +4,10 @@ glibc's malloc serves every block above its mmap threshold (128 KiB, rising with
 most 32 MiB) with a fresh mmap and unmaps it on free, so each large activation of a training step is
 zero-filled by the kernel again, page by page: 1.5 million page faults a step for a 64 px pixel UNet at
 batch 32 (1.35-1.40x faster without), up to 11,000 per batch of 16 when encoding or decoding 64 px photos
-(bench/allocator.py). torch's CPU allocator has no cache of its own
-(CUDA's has), so CPU tensors pay this on every step. Served from the heap, and with freed memory left
-there, the next step reuses the same pages without a fault. This is what tcmalloc or jemalloc under
-LD_PRELOAD buy, done in-process with mallopt so that nothing has to be installed or preloaded.
+(bench/allocator.py). torch's CPU allocator has no cache of its own (CUDA's has), so CPU tensors pay this
+on every step. Served from the heap, and with freed memory left there, the next step reuses the same
+pages without a fault. This is what tcmalloc or jemalloc under LD_PRELOAD buy, done in-process with
+mallopt so that nothing has to be installed or preloaded.
 
 LDM_MALLOC=system keeps glibc's defaults. Elsewhere than glibc (macOS, musl) nothing changes.
 """
